@@ -1,0 +1,118 @@
+"""The loop shared by the three request channels (shell, control, stdin): ROUTER sockets.
+
+Invariants:
+- Frames that do not unpack (bad signature, replay, bad framing or JSON) are dropped with one
+  log line naming the reason, and nothing is sent back: an unauthenticated sender learns
+  nothing, and no handler ever sees the message.
+- ``on_message`` is called in the io loop, in arrival order, and must not block: it either
+  handles the message at once or hands it on (to the main loop, or to a task).
+- Replies go out through the channel's outbox (a :class:`~trikernel.handoff.Mailbox`), which any
+  thread may fill; one task in the io loop sends them, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import NoReturn
+
+import trio
+import zmq
+
+from ..handoff import Mailbox
+from ..protocol import Channel, ConnectionInfo, Message, Session, WireError
+from .transport import FrameSocket, SentMarker, open_socket
+
+__all__ = ["Outbox", "serve_control", "serve_router", "serve_shell", "serve_stdin"]
+
+log = logging.getLogger("trikernel")
+
+Outbox = Mailbox[Message | SentMarker]
+
+
+async def serve_router(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    conn: ConnectionInfo,
+    channel: Channel,
+    session: Session,
+    on_message: Callable[[Message], None],
+    *,
+    task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Bind ``channel``'s ROUTER, report (port, outbox), then receive and send until cancelled."""
+    async with open_socket(ctx, zmq.ROUTER, conn, channel) as sock, trio.open_nursery() as nursery:
+        outbox: Outbox = Mailbox(trio.lowlevel.current_trio_token())
+        nursery.start_soon(_send_outbox, sock, session, outbox, channel)
+        task_status.started((sock.port, outbox))
+        while True:
+            frames = await sock.recv()
+            try:
+                msg = session.unpack(frames)
+            except WireError as exc:
+                log.warning("%s: dropped a message: %s", channel, exc)
+                continue
+            on_message(msg)
+
+
+async def _send_outbox(sock: FrameSocket, session: Session, outbox: Outbox, channel: str) -> None:
+    while True:
+        for item in await outbox.get_batch():
+            if isinstance(item, SentMarker):
+                item.event.set()
+                continue
+            try:
+                frames = session.pack(item)
+            except (TypeError, ValueError) as exc:
+                log.error("%s: could not send %s: %s", channel, item.msg_type, exc)
+                continue
+            await sock.send(frames)
+
+
+async def serve_shell(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    conn: ConnectionInfo,
+    session: Session,
+    on_message: Callable[[Message], None],
+    *,
+    task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """The shell channel: requests a frontend makes of the user's session.
+
+    The socket lives in the io loop so that it is read even while a cell blocks the main
+    thread: ``interrupt_request`` and ``shutdown_request`` sent here (some frontends do) are
+    acted on at once; everything else is forwarded to the main loop, stamped with its arrival
+    time (which decides whether it is aborted after a failed or interrupted cell).
+    """
+    await serve_router(ctx, conn, "shell", session, on_message, task_status=task_status)
+
+
+async def serve_control(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    conn: ConnectionInfo,
+    session: Session,
+    on_message: Callable[[Message], None],
+    *,
+    task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """The control channel: interrupt, shutdown, kernel_info, handled in the io loop.
+
+    Its handlers never wait for the main thread to be free, so they answer while a cell
+    blocks (and, thanks to the CPU tick of :mod:`trikernel.execution`, while it holds the GIL).
+    """
+    await serve_router(ctx, conn, "control", session, on_message, task_status=task_status)
+
+
+async def serve_stdin(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    conn: ConnectionInfo,
+    session: Session,
+    on_message: Callable[[Message], None],
+    *,
+    task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """The stdin channel: ``input_request`` out, ``input_reply`` back.
+
+    A reply is matched to the pending request by its parent header; one without a parent
+    header (jupyter_client's ``KernelClient.input()`` sends such) answers the pending request.
+    """
+    await serve_router(ctx, conn, "stdin", session, on_message, task_status=task_status)

@@ -1,0 +1,143 @@
+"""A small transport interface over zmq-anyio: open a bound socket, send and receive frames.
+
+The kernel's channel modules speak only :class:`FrameSocket`; zmq-anyio lives here alone, so a
+faster socket layer (or an in-memory one for tests) is a change to this module.
+
+Invariants:
+- A :class:`FrameSocket` is used only from the thread whose trio loop opened it.
+- :meth:`FrameSocket.recv` and :meth:`FrameSocket.send` first try the non-blocking call and
+  await zmq-anyio only when the socket is not ready: zmq-anyio starts helper tasks for every
+  awaited call, and under load most calls find the socket ready.
+- Sends never block for long: ROUTER and XPUB sockets drop, rather than queue, past their
+  high-water mark (ZeroMQ's documented behaviour), so a vanished client cannot wedge a channel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import attrs
+import trio
+import zmq
+import zmq_anyio
+from anyio import Future
+
+from ..protocol import Channel, ConnectionInfo
+
+__all__ = ["FrameSocket", "SentMarker", "bind", "open_socket"]
+
+_T = TypeVar("_T")
+
+
+@attrs.define(eq=False)
+class SentMarker:
+    """Put in an outgoing queue: ``event`` is set once everything before it was sent."""
+
+    event: trio.Event = attrs.Factory(trio.Event)
+
+
+@attrs.define(eq=False)
+class FrameSocket:
+    """A bound ZeroMQ socket that sends and receives lists of byte frames."""
+
+    socket: zmq_anyio.Socket
+    port: int
+
+    async def recv(self) -> list[bytes]:
+        """Receive one multipart message.
+
+        Raises:
+            zmq.ZMQError: the socket was closed.
+        """
+        try:
+            return self.socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        frames: list[bytes] = await _wait(self.socket.arecv_multipart())
+        return frames
+
+    def recv_nowait(self) -> list[bytes] | None:
+        """Receive one multipart message if one is waiting, else None."""
+        try:
+            return self.socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        """Send one multipart message (awaits only if ZeroMQ cannot take it now)."""
+        await _wait(self.socket.asend_multipart(list(frames)))
+
+
+async def _wait(future: Future[_T]) -> _T:
+    """The result of a zmq-anyio future; cancelling the wait cancels the operation."""
+    if future.status is Future.Status.PENDING:
+        try:
+            await future.wait()
+        except BaseException:
+            future.cancel()
+            raise
+    if future.status is Future.Status.FAILED:
+        assert future.exception is not None
+        raise future.exception
+    return future.return_value
+
+
+def bind(sock: zmq.Socket[bytes], conn: ConnectionInfo, channel: Channel) -> int:
+    """Bind ``sock`` for ``channel``; choose a free port when the connection info has 0.
+
+    Returns:
+        The port bound (for ipc, the number in the socket file's name).
+    """
+    port = conn.port(channel)
+    if conn.transport == "tcp":
+        if port == 0:
+            host = f"[{conn.ip}]" if ":" in conn.ip else conn.ip
+            return sock.bind_to_random_port(f"tcp://{host}")
+        sock.bind(conn.url(channel))
+        return port
+    if port == 0:
+        port = 1
+        while os.path.exists(f"{conn.ip}-{port}"):
+            port += 1
+    sock.bind(conn.url(channel, port))
+    return port
+
+
+@asynccontextmanager
+async def open_socket(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    kind: int,
+    conn: ConnectionInfo,
+    channel: Channel,
+    **options: int,
+) -> AsyncIterator[FrameSocket]:
+    """Open, configure and bind a socket for ``channel``; close it on exit (linger 0).
+
+    Args:
+        ctx: the ZeroMQ context.
+        kind: ``zmq.ROUTER``, ``zmq.XPUB``...
+        conn: where to bind.
+        channel: which channel's port to use.
+        **options: socket options by name (``sndhwm=...``).
+    """
+    raw = ctx.socket(kind)
+    # Unsent messages get this long at close: enough to flush a reply to a connected client,
+    # short enough that a vanished client cannot hold up the exit.
+    raw.linger = 200
+    if kind == zmq.ROUTER:
+        # ROUTER_HANDOVER: a client that reconnects with the same identity takes over the
+        # route; without it the kernel would keep replying to the vanished connection.
+        raw.router_handover = 1
+    for name, value in options.items():
+        raw.setsockopt(getattr(zmq, name.upper()), value)
+    try:
+        port = bind(raw, conn, channel)
+    except BaseException:
+        raw.close(linger=0)
+        raise
+    sock = zmq_anyio.Socket(raw)
+    async with sock:
+        yield FrameSocket(sock, port)

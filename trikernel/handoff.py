@@ -1,0 +1,186 @@
+"""Hand-offs between the kernel's two trio loops, and the thread that runs the second one.
+
+The kernel runs two trio loops (see ``docs/architecture.md``): the *main loop* on the main
+thread, where user code runs, and the *io loop* on a thread of its own, which owns every socket.
+Nothing else crosses between them: a value goes from one loop to the other only through a
+:class:`Mailbox` (many producers in any thread, one consumer task in one loop), and a call goes
+only through a loop's :class:`trio.lowlevel.TrioToken`.
+
+Invariants:
+- :meth:`Mailbox.put` never blocks and never awaits: it is safe from any thread, and from sync
+  code running inside either loop.
+- A mailbox wakes its loop at most once per batch, however many items are put: producers that
+  put thousands of items between two wake-ups cost the consumer one wake-up.
+- :func:`run_loop_in_thread` is the only place a thread with a trio loop is started; the task
+  that runs it is that thread's supervisor (cancel the task: the loop is cancelled and joined).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, NoReturn, TypeVar
+
+import attrs
+import outcome
+import trio
+
+__all__ = ["Mailbox", "run_loop_in_thread", "run_sync_in_thread"]
+
+T = TypeVar("T")
+
+
+@attrs.define(eq=False)
+class Mailbox(Generic[T]):
+    """A FIFO from any thread into one trio loop.
+
+    Args:
+        token: the token of the loop whose task calls :meth:`get_batch`.
+    """
+
+    token: trio.lowlevel.TrioToken
+    _items: deque[T] = attrs.field(init=False, factory=deque)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _wake_scheduled: bool = attrs.field(init=False, default=False)
+    _event: trio.Event | None = attrs.field(init=False, default=None)
+
+    def put(self, item: T) -> None:
+        """Append ``item``; wake the consumer if this is the first item since its last batch."""
+        with self._lock:
+            self._items.append(item)
+            if self._wake_scheduled:
+                return
+            self._wake_scheduled = True
+        self.token.run_sync_soon(self._wake)
+
+    def _wake(self) -> None:
+        # Runs in the consumer's loop.
+        if self._event is not None:
+            self._event.set()
+
+    def get_batch_nowait(self) -> list[T]:
+        """Take every item waiting now (possibly none)."""
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._wake_scheduled = False
+        return items
+
+    async def get_batch(self) -> list[T]:
+        """Wait until at least one item is waiting, then take them all, oldest first.
+
+        Cancellation: nothing is taken when cancelled.
+        """
+        while True:
+            # A fresh event before looking: a put after the look wakes exactly this event.
+            self._event = trio.Event()
+            items = self.get_batch_nowait()
+            if items:
+                await trio.lowlevel.checkpoint()
+                return items
+            await self._event.wait()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+async def run_loop_in_thread(
+    async_fn: Callable[[Callable[[T], None]], Awaitable[object]],
+    name: str,
+    *,
+    join_timeout: float = math.inf,
+    task_status: trio.TaskStatus[T] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Run ``trio.run(async_fn, started)`` on a new thread, supervised by the calling task.
+
+    Use it with ``await nursery.start(run_loop_in_thread, async_fn, name)``. ``async_fn`` runs
+    in the new thread's loop and calls ``started(value)`` once it is ready; ``nursery.start``
+    then returns ``value`` in the calling loop.
+
+    Never returns. Raises what the thread's loop raised, or ``RuntimeError`` if it returned.
+    When the calling task is cancelled, the thread's loop is cancelled and joined (waiting at
+    most ``join_timeout`` seconds) before the cancellation propagates.
+
+    SIGINT and SIGVTALRM are blocked in the new thread so that the OS delivers them to the main
+    thread, where the kernel's handlers decide what they mean (see :mod:`trikernel.interrupts`).
+    """
+    caller = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    result: list[outcome.Outcome[object]] = []
+    lock = threading.Lock()
+    remote: list[tuple[trio.lowlevel.TrioToken, trio.CancelScope]] = []
+    stop_requested = False
+
+    def started(value: T) -> None:
+        # Called in the thread's loop; task_status belongs to the caller's loop.
+        caller.run_sync_soon(task_status.started, value)
+
+    async def body() -> object:
+        with trio.CancelScope() as scope:
+            with lock:
+                remote.append((trio.lowlevel.current_trio_token(), scope))
+                if stop_requested:
+                    scope.cancel()
+            return await async_fn(started)
+        return None
+
+    def thread_main() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGVTALRM})
+        result.append(outcome.capture(trio.run, body))
+        try:
+            caller.run_sync_soon(done.set)
+        except trio.RunFinishedError:  # the caller's loop is gone; nobody is waiting
+            pass
+
+    thread = threading.Thread(target=thread_main, name=name, daemon=True)
+    thread.start()
+    try:
+        await done.wait()
+        result[0].unwrap()
+        raise RuntimeError(f"the {name} loop returned; it should run until cancelled")
+    finally:
+        if not done.is_set():
+            with lock:
+                stop_requested = True
+                targets = list(remote)
+            for token, scope in targets:
+                try:
+                    token.run_sync_soon(scope.cancel)
+                except trio.RunFinishedError:
+                    pass
+            with trio.CancelScope(shield=True), trio.move_on_after(join_timeout):
+                await done.wait()
+
+
+async def run_sync_in_thread(fn: Callable[[], T], name: str, *, stop: Callable[[], None]) -> T:
+    """Run blocking ``fn()`` on a new thread of its own and return its result.
+
+    Unlike ``trio.to_thread.run_sync``, the thread is not taken from (or returned to) a cache,
+    so it ends with the call. When the calling task is cancelled, ``stop()`` is called (from
+    the caller's thread) to make ``fn`` return, and the thread is joined before the
+    cancellation propagates: the thread never outlives its task.
+    """
+    caller = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    result: list[outcome.Outcome[T]] = []
+
+    def thread_main() -> None:
+        result.append(outcome.capture(fn))
+        try:
+            caller.run_sync_soon(done.set)
+        except trio.RunFinishedError:
+            pass
+
+    thread = threading.Thread(target=thread_main, name=name, daemon=True)
+    thread.start()
+    try:
+        await done.wait()
+    finally:
+        if not done.is_set():
+            stop()
+            with trio.CancelScope(shield=True):
+                await done.wait()
+    return result[0].unwrap()

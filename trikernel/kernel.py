@@ -1,0 +1,630 @@
+"""The kernel: what runs where, in which loop, and the handler for every request.
+
+Two trio loops (drawn in ``docs/architecture.md``):
+
+- The **main loop**, on the main thread, runs user code through IPython. Its nursery holds the
+  io-loop supervisor (:func:`~trikernel.handoff.run_loop_in_thread`), the shell request
+  dispatcher and executor, and user background tasks.
+- The **io loop**, on thread ``trikernel-io``, owns every socket. Its nursery holds one task
+  per channel: ``serve_heartbeat``, ``serve_iopub``, ``serve_control``, ``serve_stdin``,
+  ``serve_shell``. It keeps answering while user code blocks the main thread.
+
+Hand-offs: shell requests go io -> main through a :class:`~trikernel.handoff.Mailbox`; replies,
+output and input requests go main -> io through the channels' outboxes and the
+:class:`~trikernel.channels.IOPubQueue`; interrupts go io -> main as SIGINT
+(:mod:`trikernel.execution`); shutdown steps are posted with ``TrioToken.run_sync_soon``.
+
+Handlers are ``async def <msg_type>(self, request) -> reply content`` methods, collected into
+one table per channel (:attr:`Kernel.shell_handlers`, :attr:`Kernel.control_handlers`). A
+wrapper kernel subclasses :class:`Kernel` and overrides them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import os
+import platform
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn
+
+import attrs
+import trio
+import zmq
+
+from . import __version__
+from .channels import (
+    IOPubQueue,
+    Outbox,
+    SentMarker,
+    serve_control,
+    serve_heartbeat,
+    serve_iopub,
+    serve_shell,
+    serve_stdin,
+)
+from .execution import UserCode
+from .handoff import Mailbox, run_loop_in_thread
+from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
+from .settings import KernelSettings
+from .streams import OutStream
+
+__all__ = ["Kernel", "RequestError", "current_request"]
+
+log = logging.getLogger("trikernel")
+
+#: The request whose handling is running in this context (trio copies it into spawned tasks).
+current_request: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
+    "trikernel_current_request", default=None
+)
+
+Handler = Callable[[Message], Awaitable[Mapping[str, Any] | None]]
+
+# Comm messages are handled as soon as they arrive, even while a cell awaits: a cell that
+# awaits a widget's change must see the comm_msg that changes it (ipykernel issue 646).
+_INLINE_SHELL = frozenset({"comm_open", "comm_msg", "comm_close", "comm_info_request"})
+# Sent on shell by some frontends; acted on in the io loop, like on control.
+_SHELL_IN_IO = frozenset({"interrupt_request", "shutdown_request"})
+
+
+class RequestError(Exception):
+    """A request's content is wrong; the reply says so with ``status: "error"``."""
+
+
+@attrs.frozen
+class _Incoming:
+    msg: Message
+    received: float
+    """``time.monotonic()`` when the io loop read it."""
+
+
+class Kernel:
+    """A Jupyter kernel for Python on trio.
+
+    Args:
+        connection: where to bind and how to sign.
+        settings: the kernel's settings.
+        connection_file: where the connection info came from; if it does not exist, the
+            kernel writes it (mode 0600) once its sockets are bound.
+    """
+
+    implementation: ClassVar[str] = "trikernel"
+    implementation_version: ClassVar[str] = __version__
+    banner: ClassVar[str] = (
+        f"Python {sys.version.split()[0]} on trikernel {__version__}: "
+        "every cell runs on one trio loop; top-level await works."
+    )
+    help_links: ClassVar[list[dict[str, str]]] = [
+        {"text": "Python", "url": "https://docs.python.org/3/"},
+        {"text": "trio", "url": "https://trio.readthedocs.io/"},
+        {"text": "IPython", "url": "https://ipython.readthedocs.io/"},
+    ]
+
+    def __init__(
+        self,
+        connection: ConnectionInfo,
+        *,
+        settings: KernelSettings | None = None,
+        connection_file: Path | None = None,
+    ) -> None:
+        self.connection = connection
+        self.settings = settings if settings is not None else KernelSettings()
+        self.connection_file = connection_file
+        if not connection.key:
+            log.warning(
+                "the connection key is empty: messages are not signed, and anyone who can "
+                "reach the kernel's ports can run code"
+            )
+        self.session = Session(
+            key=connection.key.encode(), signature_scheme=connection.signature_scheme
+        )
+        self.shell_handlers: dict[str, Handler] = {
+            name: getattr(self, name)
+            for name in (
+                "execute_request",
+                "complete_request",
+                "inspect_request",
+                "history_request",
+                "is_complete_request",
+                "kernel_info_request",
+                "comm_info_request",
+                "comm_open",
+                "comm_msg",
+                "comm_close",
+            )
+        }
+        self.control_handlers: dict[str, Handler] = {
+            name: getattr(self, name)
+            for name in (
+                "kernel_info_request",
+                "shutdown_request",
+                "interrupt_request",
+                "connect_request",
+            )
+        }
+        self._last_parent: Message | None = None
+        self._abort_before = -math.inf
+        self._pending_input: tuple[str, Future[Message]] | None = None
+        self._ports: dict[Channel, int] = {}
+        self._restart = False
+        # Set once the loops run:
+        self._main_token: trio.lowlevel.TrioToken
+        self._io_token: trio.lowlevel.TrioToken
+        self._io_nursery: trio.Nursery
+        self._iopub: IOPubQueue
+        self._outboxes: dict[Channel, Outbox] = {}
+        self._shell_inbox: Mailbox[_Incoming]
+        self._user: UserCode
+        self._shutdown_started = threading.Event()
+        self._main_stopped: trio.Event  # io loop: main loop has stopped user code
+        self._io_finished: trio.Event  # main loop: the io loop sent the shutdown reply
+        self._shutdown_requested: trio.Event  # main loop
+
+    # -- publishing: safe from any thread ---------------------------------------------------
+
+    def parent(self) -> Message | None:
+        """The request output made now belongs to."""
+        return current_request.get() or self._last_parent
+
+    def publish(
+        self,
+        msg_type: str,
+        content: Mapping[str, Any],
+        *,
+        parent: Message | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        buffers: list[bytes] | tuple[bytes, ...] = (),
+    ) -> None:
+        """Broadcast a message on iopub, after everything published before it.
+
+        Args:
+            msg_type: e.g. ``display_data``.
+            content: its content.
+            parent: the request it belongs to; default: the current request.
+            metadata: its metadata.
+            buffers: binary frames.
+        """
+        self._iopub.publish(
+            self.session.msg(
+                msg_type,
+                content,
+                parent=parent if parent is not None else self.parent(),
+                metadata=metadata,
+                buffers=buffers,
+                identities=[msg_type.encode()],
+            )
+        )
+
+    def _status(self, state: str, parent: Message) -> None:
+        self.publish("status", {"execution_state": state}, parent=parent)
+
+    def _reply(self, channel: Channel, request: Message, content: Mapping[str, Any]) -> None:
+        reply_type = request.msg_type.removesuffix("_request") + "_reply"
+        self._outboxes[channel].put(self.session.msg(reply_type, content, parent=request))
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until shut down. Blocks; call on the main thread."""
+        saved = sys.stdout, sys.stderr
+        try:
+            trio.run(self._serve_main)
+        finally:
+            sys.stdout, sys.stderr = saved
+
+    def _install_io(self) -> None:
+        """Route sys.stdout / sys.stderr / input() to the frontend (main loop, once)."""
+        stdout_fd = _fileno(sys.__stdout__)
+        stderr_fd = _fileno(sys.__stderr__)
+        sys.stdout = OutStream("stdout", self._iopub, self.parent, stdout_fd)
+        sys.stderr = OutStream("stderr", self._iopub, self.parent, stderr_fd)
+
+    async def _serve_main(self) -> None:
+        self._main_token = trio.lowlevel.current_trio_token()
+        self._shell_inbox = Mailbox(self._main_token)
+        self._shutdown_requested = trio.Event()
+        self._io_finished = trio.Event()
+        self._user = UserCode(self._main_token)
+        self._user.install()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._ports = await nursery.start(
+                    run_loop_in_thread, self._serve_io, "trikernel-io"
+                )
+                self._write_connection_file()
+                self._install_io()
+                from .shell import make_shell
+
+                self.shell = make_shell(self, history=self.settings.shell.history)
+                await nursery.start(self._serve_shell_requests)
+                log.info("trikernel %s ready: %s", __version__, self._ports)
+                await self._shutdown_requested.wait()
+                await self._stop_user_code()
+                self._io_token.run_sync_soon(self._main_stopped.set)
+                with trio.move_on_after(2):
+                    await self._io_finished.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._user.uninstall()
+            shell = getattr(self, "shell", None)
+            if shell is not None:
+                shell.history_manager.end_session()
+
+    async def _stop_user_code(self) -> None:
+        """Cancel running cells (main loop), then let their output reach the queue."""
+        self._user.cancel_all("shutdown")
+        with trio.move_on_after(self.settings.shutdown.grace):
+            while self._user.busy:
+                await trio.sleep(0.005)
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    async def _serve_io(self, started: Callable[[dict[Channel, int]], None]) -> NoReturn:
+        self._io_token = trio.lowlevel.current_trio_token()
+        self._main_stopped = trio.Event()
+        conn, session = self.connection, self.session
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._io_nursery = nursery
+                ports: dict[Channel, int] = {}
+                ports["hb"] = await nursery.start(serve_heartbeat, ctx, conn)
+                streams = self.settings.streams
+                ports["iopub"], self._iopub = await nursery.start(
+                    lambda task_status: serve_iopub(
+                        ctx,
+                        conn,
+                        session,
+                        flush_interval=streams.flush_interval,
+                        max_batch_bytes=streams.max_batch_bytes,
+                        task_status=task_status,
+                    )
+                )
+                for channel, serve, on_message in (
+                    ("control", serve_control, self._on_control),
+                    ("stdin", serve_stdin, self._on_stdin),
+                    ("shell", serve_shell, self._on_shell),
+                ):
+                    ports[channel], self._outboxes[channel] = await nursery.start(
+                        serve, ctx, conn, session, on_message
+                    )
+                started(ports)
+                await trio.sleep_forever()
+        finally:
+            ctx.term()
+
+    def _write_connection_file(self) -> None:
+        if self.connection_file is None or self.connection_file.exists():
+            return
+        self.connection = self.connection.with_ports(self._ports)
+        path = self.connection_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.connection.to_json())
+        log.info("wrote connection file %s", path)
+
+    # -- io loop: receiving ------------------------------------------------------------------
+
+    def _on_control(self, msg: Message) -> None:
+        self._io_nursery.start_soon(self._run_io_request, "control", msg)
+
+    def _on_shell(self, msg: Message) -> None:
+        if msg.msg_type in _SHELL_IN_IO:
+            self._io_nursery.start_soon(self._run_io_request, "shell", msg)
+        else:
+            self._shell_inbox.put(_Incoming(msg, time.monotonic()))
+
+    def _on_stdin(self, msg: Message) -> None:
+        pending = self._pending_input
+        if msg.msg_type != "input_reply":
+            log.warning("stdin: ignored a %s", msg.msg_type)
+            return
+        parent_id = msg.parent_header.get("msg_id")
+        if pending is None or (parent_id is not None and parent_id != pending[0]):
+            log.warning("stdin: an input_reply matches no pending input_request; ignored")
+            return
+        if not pending[1].done():
+            pending[1].set_result(msg)
+
+    async def _run_io_request(self, channel: Channel, msg: Message) -> None:
+        """Handle a control request (or interrupt/shutdown sent on shell) in the io loop."""
+        self._status("busy", msg)
+        content = await self._call(self.control_handlers, msg)
+        if content is not None:
+            self._reply(channel, msg, content)
+        self._status("idle", msg)
+        if msg.msg_type == "shutdown_request":
+            await self._finish_shutdown(channel)
+
+    async def _call(self, handlers: Mapping[str, Handler], msg: Message) -> Mapping[str, Any] | None:
+        """Run the handler for ``msg``; turn every failure into an error reply's content."""
+        handler = handlers.get(msg.msg_type)
+        if handler is None:
+            log.warning("no handler for %s on this channel", msg.msg_type)
+            if msg.msg_type.endswith("_request"):
+                return _error_content(
+                    "UnknownRequest", f"trikernel does not handle {msg.msg_type!r} here"
+                )
+            return None
+        try:
+            return await handler(msg)
+        except RequestError as exc:
+            log.warning("%s: bad request: %s", msg.msg_type, exc)
+            return _error_content("RequestError", str(exc))
+        except Exception as exc:
+            log.exception("%s: handler failed", msg.msg_type)
+            return _error_content(type(exc).__name__, str(exc), traceback.format_exc())
+
+    # -- main loop: shell requests -----------------------------------------------------------
+
+    async def _serve_shell_requests(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Dispatch shell requests: comm messages at once, the rest one at a time, in order."""
+        send, receive = trio.open_memory_channel[_Incoming](math.inf)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_in_order, receive)
+            task_status.started()
+            while True:
+                for incoming in await self._shell_inbox.get_batch():
+                    if incoming.msg.msg_type in _INLINE_SHELL:
+                        await self._run_shell_request(incoming)
+                    else:
+                        send.send_nowait(incoming)
+        raise AssertionError("unreachable")
+
+    async def _run_in_order(self, receive: trio.MemoryReceiveChannel[_Incoming]) -> None:
+        async for incoming in receive:
+            await self._run_shell_request(incoming)
+
+    @trio.lowlevel.enable_ki_protection
+    async def _run_shell_request(self, incoming: _Incoming) -> None:
+        msg = incoming.msg
+        self._last_parent = msg
+        self._status("busy", msg)
+        token = current_request.set(msg)
+        try:
+            if msg.msg_type == "execute_request" and incoming.received < self._abort_before:
+                content: Mapping[str, Any] | None = {"status": "aborted"}
+            else:
+                content = await self._call(self.shell_handlers, msg)
+        finally:
+            current_request.reset(token)
+        if content is not None and msg.msg_type.endswith("_request"):
+            self._reply("shell", msg, content)
+        self._status("idle", msg)
+
+    # -- handlers: shell ---------------------------------------------------------------------
+
+    async def execute_request(self, request: Message) -> Mapping[str, Any]:
+        """Run a cell (spec: "Execute")."""
+        c = request.content
+        code = c.get("code", "")
+        if not isinstance(code, str):
+            raise RequestError("'code' must be a string")
+        silent = bool(c.get("silent", False))
+        store_history = bool(c.get("store_history", not silent)) and not silent
+        user_expressions = c.get("user_expressions") or {}
+        if not isinstance(user_expressions, dict):
+            raise RequestError("'user_expressions' must be an object")
+        stop_on_error = bool(c.get("stop_on_error", True))
+        shell = self.shell
+        if not silent:
+            self.publish("execute_input", {"code": code, "execution_count": shell.execution_count})
+        timeout = self.settings.shell.timeout
+        deadline = trio.current_time() + timeout if timeout else math.inf
+        cell_id = request.metadata.get("cellId")
+        cancelled: BaseException | None = None
+        with self._user.running(deadline=deadline) as run:
+            result, cancelled = await shell.run_cell_trio(
+                code,
+                store_history=store_history,
+                silent=silent,
+                cell_id=cell_id if isinstance(cell_id, str) else None,
+            )
+            if cancelled is not None:
+                # The cell was cancelled: let the cancellation reach the scope that did it.
+                await trio.lowlevel.checkpoint()
+        count = result.execution_count
+        if count is None:
+            count = shell.execution_count
+        reply: dict[str, Any]
+        if run.scope.cancelled_caught:
+            if run.reason is None:
+                ename, evalue = "TimeoutError", f"the cell ran past its {timeout:g} s deadline"
+            else:
+                ename, evalue = "KeyboardInterrupt", ""
+            error = {
+                "ename": ename,
+                "evalue": evalue,
+                "traceback": shell.format_cancellation(
+                    cancelled or KeyboardInterrupt(), ename, evalue
+                ),
+            }
+            self.publish("error", error)
+            reply = {"status": "error", **error}
+        elif result.success:
+            reply = {"status": "ok", "user_expressions": shell.user_expressions(user_expressions)}
+        else:
+            error = shell.last_error or {
+                "ename": type(result.error_in_exec or result.error_before_exec).__name__,
+                "evalue": str(result.error_in_exec or result.error_before_exec),
+                "traceback": [],
+            }
+            reply = {"status": "error", **error}
+        reply["execution_count"] = count
+        reply["payload"] = shell.take_payloads()
+        if reply["status"] == "error" and (
+            stop_on_error or reply.get("ename") == "KeyboardInterrupt"
+        ):
+            # Requests that arrived before now were sent without knowing of this failure.
+            self._abort_before = time.monotonic() + self.settings.shell.stop_on_error_timeout
+        if shell.exit_now:
+            shell.exit_now = False
+            if not shell.keepkernel_on_exit:
+                self._main_token.run_sync_soon(self._begin_shutdown, False)
+        return reply
+
+    async def complete_request(self, request: Message) -> Mapping[str, Any]:
+        """Completions at the cursor (spec: "Completion")."""
+        code, cursor = _code_and_cursor(request.content)
+        return {"status": "ok", **self.shell.complete_at(code, cursor)}
+
+    async def inspect_request(self, request: Message) -> Mapping[str, Any]:
+        """Help for the object at the cursor (spec: "Introspection")."""
+        code, cursor = _code_and_cursor(request.content)
+        level = request.content.get("detail_level", 0)
+        if level not in (0, 1):
+            raise RequestError("'detail_level' must be 0 or 1")
+        return {"status": "ok", **self.shell.inspect_at(code, cursor, level)}
+
+    async def history_request(self, request: Message) -> Mapping[str, Any]:
+        """Past inputs (and outputs) from IPython's history (spec: "History")."""
+        return {"status": "ok", "history": self.shell.history_for(request.content)}
+
+    async def is_complete_request(self, request: Message) -> Mapping[str, Any]:
+        """Whether the code is a complete statement (spec: "Code completeness")."""
+        code = request.content.get("code", "")
+        if not isinstance(code, str):
+            raise RequestError("'code' must be a string")
+        return self.shell.completeness(code)
+
+    async def kernel_info_request(self, request: Message) -> Mapping[str, Any]:
+        """Who this kernel is (spec: "Kernel info"); also answered on control (5.5)."""
+        return {
+            "status": "ok",
+            "protocol_version": PROTOCOL_VERSION,
+            "implementation": self.implementation,
+            "implementation_version": self.implementation_version,
+            "language_info": {
+                "name": "python",
+                "version": platform.python_version(),
+                "mimetype": "text/x-python",
+                "codemirror_mode": {"name": "ipython", "version": sys.version_info[0]},
+                "pygments_lexer": f"ipython{sys.version_info[0]}",
+                "nbconvert_exporter": "python",
+                "file_extension": ".py",
+            },
+            "banner": self.banner,
+            "help_links": self.help_links,
+            "debugger": False,
+            "supported_features": [],
+        }
+
+    async def comm_info_request(self, request: Message) -> Mapping[str, Any]:
+        """Open comms, optionally of one target (spec: "Comm info")."""
+        return {"status": "ok", "comms": {}}
+
+    async def comm_open(self, request: Message) -> None:
+        """A frontend opens a comm."""
+        log.info("comm_open for target %r: no comm targets yet", request.content.get("target_name"))
+
+    async def comm_msg(self, request: Message) -> None:
+        """A frontend sends a comm message."""
+
+    async def comm_close(self, request: Message) -> None:
+        """A frontend closes a comm."""
+
+    # -- handlers: control (io loop) ---------------------------------------------------------
+
+    async def interrupt_request(self, request: Message) -> Mapping[str, Any]:
+        """Interrupt the running cell (spec: "Kernel interrupt"); see trikernel.execution."""
+        self._user.interrupt()
+        return {"status": "ok"}
+
+    async def connect_request(self, request: Message) -> Mapping[str, Any]:
+        """The kernel's ports (spec: "Connect", deprecated but answered)."""
+        return {"status": "ok", **{f"{ch}_port": p for ch, p in self._ports.items()}}
+
+    async def shutdown_request(self, request: Message) -> Mapping[str, Any]:
+        """Stop user code, flush output, reply, exit (spec: "Kernel shutdown")."""
+        restart = bool(request.content.get("restart", False))
+        self._main_token.run_sync_soon(self._begin_shutdown, restart)
+        with trio.move_on_after(self.settings.shutdown.grace + 1):
+            await self._main_stopped.wait()
+        content = {"status": "ok", "restart": restart}
+        # Protocol 5.4: the reply is also broadcast, so every client learns of the shutdown.
+        self.publish("shutdown_reply", content, parent=request)
+        return content
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def _begin_shutdown(self, restart: bool) -> None:
+        """Main loop: start the orderly stop (idempotent)."""
+        if self._shutdown_started.is_set():
+            return
+        self._shutdown_started.set()
+        self._restart = restart
+        if self._user.busy:
+            self._user.interrupt()
+        self._shutdown_requested.set()
+
+    async def _finish_shutdown(self, channel: Channel) -> None:
+        """IO loop: once the reply and all output are sent, let the main loop end."""
+        marker = SentMarker()
+        self._outboxes[channel].put(marker)
+        with trio.move_on_after(1):
+            await marker.event.wait()
+            await self._iopub.wait_sent()
+        self._main_token.run_sync_soon(self._io_finished.set)
+
+    # -- stdin (main thread, called by input()) ----------------------------------------------
+
+    def request_input(self, prompt: str, *, password: bool) -> str | None:
+        """Ask the frontend for a line of input; None if the request does not allow stdin.
+
+        Blocks the calling (main) thread; an interrupt raises ``KeyboardInterrupt`` here.
+        """
+        request = current_request.get()
+        if request is None or not request.content.get("allow_stdin", True):
+            return None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        msg = self.session.msg(
+            "input_request", {"prompt": prompt, "password": password}, parent=request
+        )
+        waiter: Future[Message] = Future()
+        self._pending_input = (msg.msg_id, waiter)
+        try:
+            self._outboxes["stdin"].put(msg)
+            reply = waiter.result()
+        finally:
+            self._pending_input = None
+        value = reply.content.get("value", "")
+        return value if isinstance(value, str) else str(value)
+
+
+def _fileno(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _error_content(ename: str, evalue: str, tb: str | None = None) -> dict[str, Any]:
+    return {
+        "status": "error",
+        "ename": ename,
+        "evalue": evalue,
+        "traceback": tb.splitlines() if tb else [f"{ename}: {evalue}"],
+    }
+
+
+def _code_and_cursor(content: Mapping[str, Any]) -> tuple[str, int]:
+    code = content.get("code", "")
+    if not isinstance(code, str):
+        raise RequestError("'code' must be a string")
+    cursor = content.get("cursor_pos", len(code))
+    if cursor is None:
+        cursor = len(code)
+    if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
+        raise RequestError("'cursor_pos' must be a non-negative integer")
+    return code, min(cursor, len(code))

@@ -1,0 +1,331 @@
+"""The Jupyter wire protocol without I/O: frames in, messages out, and back.
+
+A message on a ROUTER or PUB socket is a list of frames (messaging spec, "The Wire Protocol")::
+
+    [identity, ..., b"<IDS|MSG>", signature, header, parent_header, metadata, content, buffer, ...]
+
+:class:`Session` turns such a list into a :class:`Message` (:meth:`Session.unpack`) and a message
+into frames (:meth:`Session.pack`). It never touches a socket, a loop or a thread: callers pass
+bytes and get values, so every rule below is testable without a kernel.
+
+Rules:
+1. The signature is an HMAC over the four JSON frames, with the connection file's key and
+   ``signature_scheme`` (``hmac-<any hashlib digest>``). An empty key means messages are neither
+   signed nor checked. Signatures are compared in constant time.
+2. A signature is accepted once. The last ``replay_window`` signatures are remembered; a message
+   that repeats one is rejected as a replay. (An unsigned session cannot detect replays.)
+3. The signature is checked before any JSON is parsed: unauthenticated bytes reach no parser.
+4. :meth:`Session.unpack` returns a message or raises :class:`WireError` (one of its
+   subclasses); it raises nothing else, whatever the frames hold.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import os
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from . import jsonutil
+
+__all__ = [
+    "DELIMITER",
+    "PROTOCOL_VERSION",
+    "FramingError",
+    "Header",
+    "Message",
+    "MessageFormatError",
+    "ReplayError",
+    "Session",
+    "SignatureError",
+    "WireError",
+]
+
+PROTOCOL_VERSION = "5.4"
+DELIMITER = b"<IDS|MSG>"
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+class WireError(Exception):
+    """Frames that do not make a valid, authentic message; the message is to be dropped."""
+
+
+class FramingError(WireError):
+    """No ``<IDS|MSG>`` delimiter, or too few frames after it."""
+
+
+class SignatureError(WireError):
+    """The signature is missing, malformed, or does not match the frames."""
+
+
+class ReplayError(WireError):
+    """The signature was seen before: the same message was sent again."""
+
+
+class MessageFormatError(WireError):
+    """A frame is not the JSON object the protocol requires (bad UTF-8, bad JSON, wrong type,
+    missing header field)."""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+@attrs.frozen
+class Header:
+    """A message header (spec: "Message Header")."""
+
+    msg_id: str
+    """Unique id of this message."""
+    msg_type: str
+    """What the message is, e.g. ``execute_request``."""
+    session: str
+    """Id of the sending session."""
+    username: str = ""
+    """User name of the sender."""
+    date: str = ""
+    """ISO 8601 time the message was made."""
+    version: str = PROTOCOL_VERSION
+    """Messaging protocol version of the sender."""
+    extra: Mapping[str, Any] = _EMPTY
+    """Fields the spec adds later (e.g. ``subshell_id``) or a client adds; kept verbatim so a
+    header echoed as a reply's ``parent_header`` is the one the client sent."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The header as the JSON object the wire carries."""
+        d: dict[str, Any] = {
+            "msg_id": self.msg_id,
+            "msg_type": self.msg_type,
+            "session": self.session,
+            "username": self.username,
+            "date": self.date,
+            "version": self.version,
+        }
+        if self.extra:
+            d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: object) -> Header:
+        """Validate a parsed header object.
+
+        Raises:
+            MessageFormatError: ``d`` is not an object, or ``msg_id``, ``msg_type`` or
+                ``session`` is missing or not a string.
+        """
+        if not isinstance(d, dict):
+            raise MessageFormatError(f"header is a {type(d).__name__}, not an object")
+        for key in ("msg_id", "msg_type", "session"):
+            if not isinstance(d.get(key), str):
+                raise MessageFormatError(f"header field {key!r} is missing or not a string")
+        extra = {k: v for k, v in d.items() if k not in _HEADER_FIELDS}
+        return cls(
+            msg_id=d["msg_id"],
+            msg_type=d["msg_type"],
+            session=d["session"],
+            username=str(d.get("username", "")),
+            date=str(d.get("date", "")),
+            version=str(d.get("version", "")),
+            extra=extra or _EMPTY,
+        )
+
+
+_HEADER_FIELDS = frozenset({"msg_id", "msg_type", "session", "username", "date", "version"})
+
+
+@attrs.frozen
+class Message:
+    """A Jupyter message: what the frames mean, without the framing."""
+
+    header: Header
+    """Who sent what, and when."""
+    parent_header: Mapping[str, Any] = _EMPTY
+    """The header of the request this message answers or was caused by; empty when none."""
+    metadata: Mapping[str, Any] = _EMPTY
+    """Free-form metadata (spec: "Metadata")."""
+    content: Mapping[str, Any] = _EMPTY
+    """The body; its shape depends on ``msg_type``."""
+    buffers: Sequence[bytes] = ()
+    """Binary frames after the content (comms, widgets)."""
+    identities: Sequence[bytes] = ()
+    """ROUTER routing ids before the delimiter (a PUB topic on iopub)."""
+
+    @property
+    def msg_type(self) -> str:
+        """Shorthand for ``header.msg_type``."""
+        return self.header.msg_type
+
+    @property
+    def msg_id(self) -> str:
+        """Shorthand for ``header.msg_id``."""
+        return self.header.msg_id
+
+
+def _parse_object(frame: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = jsonutil.loads(frame)
+    except ValueError as exc:
+        raise MessageFormatError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MessageFormatError(f"{what} is a {type(value).__name__}, not an object")
+    return value
+
+
+@attrs.define(eq=False)
+class Session:
+    """One end of a signed conversation: packs, unpacks, signs and checks messages.
+
+    Args:
+        key: the connection file's ``key`` as bytes; empty for unsigned messages.
+        signature_scheme: ``hmac-`` followed by a hashlib digest name.
+        session_id: this end's session id, put in every header it makes.
+        username: put in every header it makes.
+        replay_window: how many recent signatures are remembered for replay detection.
+
+    Raises:
+        ValueError: the signature scheme is not ``hmac-<known digest>``.
+    """
+
+    key: bytes = attrs.field(converter=bytes)
+    signature_scheme: str = "hmac-sha256"
+    session_id: str = attrs.field(factory=lambda: os.urandom(16).hex())
+    username: str = "kernel"
+    replay_window: int = 1 << 16
+    _hmac: hmac.HMAC | None = attrs.field(init=False, default=None)
+    _seen: set[bytes] = attrs.field(init=False, factory=set)
+    _seen_order: deque[bytes] = attrs.field(init=False, factory=deque)
+    _counter: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        scheme, _, digest = self.signature_scheme.partition("-")
+        if scheme != "hmac" or not digest:
+            raise ValueError(f"signature scheme {self.signature_scheme!r} is not hmac-<digest>")
+        try:
+            hashlib.new(digest)
+        except ValueError:
+            raise ValueError(f"unknown digest {digest!r} in {self.signature_scheme!r}") from None
+        if self.key:
+            # Key the HMAC once; each signature copies it (cheaper than re-keying per message).
+            self._hmac = hmac.new(self.key, digestmod=digest)
+
+    # -- signing -------------------------------------------------------------------------------
+
+    def sign(self, parts: Sequence[bytes]) -> bytes:
+        """Return the hex signature of the four JSON frames (empty when unsigned)."""
+        if self._hmac is None:
+            return b""
+        mac = self._hmac.copy()
+        for part in parts:
+            mac.update(part)
+        return mac.hexdigest().encode("ascii")
+
+    def _check_signature(self, signature: bytes, parts: Sequence[bytes]) -> None:
+        if self._hmac is None:
+            return
+        if not signature:
+            raise SignatureError("message is unsigned but the session has a key")
+        if not hmac.compare_digest(signature, self.sign(parts)):
+            raise SignatureError("signature does not match the message")
+        if signature in self._seen:
+            raise ReplayError("signature was seen before (replayed message)")
+        self._seen.add(signature)
+        self._seen_order.append(signature)
+        if len(self._seen_order) > self.replay_window:
+            self._seen.discard(self._seen_order.popleft())
+
+    # -- frames <-> messages -------------------------------------------------------------------
+
+    def unpack(self, frames: Sequence[bytes]) -> Message:
+        """Turn received frames into a message (rules 1-4 of the module).
+
+        Raises:
+            FramingError, SignatureError, ReplayError, MessageFormatError: all are
+            :class:`WireError`; the frames are to be dropped.
+        """
+        try:
+            split = list(frames).index(DELIMITER)
+        except ValueError:
+            raise FramingError("no <IDS|MSG> delimiter") from None
+        if len(frames) - split < 6:
+            raise FramingError(
+                f"{len(frames) - split - 1} frames after the delimiter, at least 5 needed"
+            )
+        signature = bytes(frames[split + 1])
+        parts = [bytes(f) for f in frames[split + 2 : split + 6]]
+        self._check_signature(signature, parts)
+        header = Header.from_dict(_parse_object(parts[0], "header"))
+        return Message(
+            header=header,
+            parent_header=_parse_object(parts[1], "parent_header"),
+            metadata=_parse_object(parts[2], "metadata"),
+            content=_parse_object(parts[3], "content"),
+            buffers=[bytes(b) for b in frames[split + 6 :]],
+            identities=[bytes(i) for i in frames[:split]],
+        )
+
+    def pack(self, msg: Message) -> list[bytes]:
+        """Turn a message into frames, signed, ready for ``send_multipart``.
+
+        Raises:
+            TypeError: the content or metadata holds an object JSON has no rule for.
+        """
+        parts = [
+            jsonutil.dumps(msg.header.to_dict()),
+            jsonutil.dumps(msg.parent_header),
+            jsonutil.dumps(msg.metadata),
+            jsonutil.dumps(msg.content),
+        ]
+        return [*msg.identities, DELIMITER, self.sign(parts), *parts, *msg.buffers]
+
+    # -- making messages -----------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        """A message id unique to this session (cheaper than a uuid per message)."""
+        self._counter += 1
+        return f"{self.session_id}_{os.getpid()}_{self._counter}"
+
+    def msg(
+        self,
+        msg_type: str,
+        content: Mapping[str, Any] | None = None,
+        *,
+        parent: Message | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        buffers: Sequence[bytes] = (),
+        identities: Sequence[bytes] | None = None,
+    ) -> Message:
+        """Make a message from this session.
+
+        Args:
+            msg_type: the header's ``msg_type``.
+            content: the body.
+            parent: the request this message answers; its header becomes ``parent_header``
+                and, unless ``identities`` is given, its identities route the reply.
+            metadata: the metadata object.
+            buffers: binary frames.
+            identities: routing ids (or the iopub topic).
+        """
+        header = Header(
+            msg_id=self.new_id(),
+            msg_type=msg_type,
+            session=self.session_id,
+            username=self.username,
+            date=_now(),
+            version=PROTOCOL_VERSION,
+        )
+        if identities is None:
+            identities = parent.identities if parent is not None else ()
+        return Message(
+            header=header,
+            parent_header=parent.header.to_dict() if parent is not None else _EMPTY,
+            metadata=metadata if metadata is not None else _EMPTY,
+            content=content if content is not None else _EMPTY,
+            buffers=buffers,
+            identities=identities,
+        )

@@ -1,0 +1,191 @@
+"""Kernel settings: typed, validated, addressed by dotted paths.
+
+Settings reach the kernel from its command line (``--shell.timeout=0.1``) or from
+:func:`trikernel.kernelspec.write_kernel_spec` (``**{"shell.timeout": 0.1}``), which writes them
+into the kernelspec's argv. Both go through :func:`parse_settings`, so a bad key or value is
+rejected with the same message at install time as at start time.
+
+Each group is a frozen attrs class; a dotted path names a group and a field. Values given as
+strings (from a command line) are converted by the field's declared type.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+__all__ = [
+    "ExecutionSettings",
+    "KernelSettings",
+    "SettingsError",
+    "ShutdownSettings",
+    "StreamSettings",
+    "parse_settings",
+    "setting_paths",
+]
+
+
+class SettingsError(ValueError):
+    """A setting's key is unknown or its value does not fit the setting's type."""
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionSettings:
+    """How cells run (the ``shell.*`` settings)."""
+
+    timeout: float | None = attrs.field(default=None, validator=_non_negative)
+    """Seconds a cell may run before it is cancelled as by ``%%timeout``; None: no deadline."""
+
+    stop_on_error_timeout: float = attrs.field(default=0.0, validator=_non_negative)
+    """After a failed cell, also abort execute requests that arrive within this many seconds."""
+
+    history: bool = True
+    """Keep IPython's SQLite history (off: an in-memory history for this run only)."""
+
+
+@attrs.frozen(kw_only=True)
+class StreamSettings:
+    """How stdout/stderr text is batched into ``stream`` messages (the ``streams.*`` settings)."""
+
+    flush_interval: float = attrs.field(default=0.02, validator=_non_negative)
+    """Seconds text may wait before it is sent; lower is snappier, higher batches more."""
+
+    max_batch_bytes: int = attrs.field(default=1 << 20, validator=_non_negative)
+    """Send at once when this many bytes are waiting, without waiting for the timer."""
+
+
+@attrs.frozen(kw_only=True)
+class ShutdownSettings:
+    """How the kernel stops (the ``shutdown.*`` settings)."""
+
+    grace: float = attrs.field(default=0.5, validator=_non_negative)
+    """Seconds background tasks get to finish after they are cancelled at shutdown."""
+
+
+@attrs.frozen(kw_only=True)
+class KernelSettings:
+    """Every setting of the kernel; the root of the dotted paths."""
+
+    shell: ExecutionSettings = attrs.Factory(ExecutionSettings)
+    streams: StreamSettings = attrs.Factory(StreamSettings)
+    shutdown: ShutdownSettings = attrs.Factory(ShutdownSettings)
+    log_level: str = attrs.field(default="WARNING", converter=str.upper)
+    """Level of the kernel's own log on stderr (DEBUG, INFO, WARNING, ERROR)."""
+
+    @log_level.validator
+    def _check_level(self, _attribute: attrs.Attribute[str], value: str) -> None:
+        if not isinstance(logging.getLevelName(value), int):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+
+
+_T = TypeVar("_T")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def setting_paths(cls: type[Any] = KernelSettings, prefix: str = "") -> dict[str, Any]:
+    """Return every dotted setting path below ``cls`` mapped to its declared type."""
+    hints = typing.get_type_hints(cls)
+    paths: dict[str, Any] = {}
+    for field in attrs.fields(cls):
+        hint = hints[field.name]
+        if attrs.has(hint):
+            paths.update(setting_paths(hint, f"{prefix}{field.name}."))
+        else:
+            paths[f"{prefix}{field.name}"] = hint
+    return paths
+
+
+def _convert(key: str, hint: Any, value: object) -> object:
+    """Convert ``value`` (a string from a command line, or already typed) to ``hint``."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in {"none", ""}):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(key, arg, value)
+            except SettingsError as exc:
+                errors.append(str(exc))
+        raise SettingsError("; ".join(errors))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(hint, "__name__", str(hint))
+    raise SettingsError(f"setting {key!r} takes a {name}, got {value!r}")
+
+
+def _evolve(obj: _T, path: list[str], value: object) -> _T:
+    if len(path) == 1:
+        return attrs.evolve(obj, **{path[0]: value})
+    child = getattr(obj, path[0])
+    return attrs.evolve(obj, **{path[0]: _evolve(child, path[1:], value)})
+
+
+def parse_settings(
+    items: Mapping[str, object], base: KernelSettings | None = None
+) -> KernelSettings:
+    """Build settings from ``{dotted.path: value}`` pairs on top of ``base`` (the defaults).
+
+    Args:
+        items: dotted paths such as ``"shell.timeout"``; ``-`` in a path counts as ``_``, so
+            command-line spellings like ``shell.stop-on-error-timeout`` work. Values may be
+            strings (converted by the setting's type) or already typed.
+        base: the settings to start from; defaults to ``KernelSettings()``.
+
+    Returns:
+        A new, validated :class:`KernelSettings`.
+
+    Raises:
+        SettingsError: a key is unknown (the message lists the known keys) or a value does not
+            fit; the message names the key.
+    """
+    known = setting_paths()
+    settings = base if base is not None else KernelSettings()
+    for raw_key, raw_value in items.items():
+        key = raw_key.replace("-", "_")
+        if key not in known:
+            raise SettingsError(
+                f"unknown setting {raw_key!r}; known settings: {', '.join(sorted(known))}"
+            )
+        value = _convert(key, known[key], raw_value)
+        try:
+            settings = _evolve(settings, key.split("."), value)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"setting {key!r}: {exc}") from None
+    return settings

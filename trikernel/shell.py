@@ -1,0 +1,379 @@
+"""The IPython shell that runs cells on the kernel's trio loop; the only module importing IPython.
+
+IPython does the Python: transforming cells (magics, ``!cmd``, ``?``), compiling, top-level
+``await``, the displayhook, history, completion and inspection. This module adapts it to the
+kernel in four places:
+
+- :meth:`TrikernelShell.run_cell_trio` replaces ``run_cell``, which cannot be called inside a
+  running loop: it transforms the cell, awaits ``run_cell_async`` on the kernel's trio loop,
+  and fires the events ``run_cell`` would.
+- :meth:`TrikernelShell.run_code` replaces IPython's, whose bare ``except:`` would swallow
+  ``trio.Cancelled``. A cancellation is recorded (the cell stops; the kernel's request handler
+  re-raises it at its next checkpoint) and every other exception is shown as IPython shows it.
+- Output goes to the kernel: the displayhook sends ``execute_result``, the display publisher
+  ``display_data`` / ``update_display_data`` / ``clear_output``, tracebacks ``error``.
+- ``set_next_input``, the pager and ``exit`` become reply payloads.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Mapping
+from types import CodeType
+from typing import TYPE_CHECKING, Any
+
+import trio
+from IPython.core import page, payloadpage
+from IPython.core.autocall import ZMQExitAutocall
+from IPython.core.completer import provisionalcompleter, rectify_completions
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.error import StdinNotImplementedError
+from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
+from IPython.utils.tokenutil import token_at_cursor
+from traitlets import Any as AnyTrait
+from traitlets import Instance, Type, default
+from traitlets.config import Config
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+__all__ = ["TrikernelShell"]
+
+
+class _DisplayHook(DisplayHook):  # type: ignore[misc]
+    """Sends a cell's last expression as ``execute_result``."""
+
+    def start_displayhook(self) -> None:
+        super().start_displayhook()
+        self._content: dict[str, Any] = {}
+
+    def write_output_prompt(self) -> None:
+        self._content["execution_count"] = self.prompt_count
+
+    def write_format_data(
+        self, format_dict: Mapping[str, Any], md_dict: Mapping[str, Any] | None = None
+    ) -> None:
+        self._content["data"] = format_dict
+        self._content["metadata"] = md_dict or {}
+
+    def finish_displayhook(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if "data" in self._content:
+            self.shell.kernel.publish("execute_result", self._content)
+        super().finish_displayhook()
+
+
+class _DisplayPublisher(DisplayPublisher):  # type: ignore[misc]
+    """Sends ``display()`` output as ``display_data`` / ``update_display_data``."""
+
+    def publish(  # type: ignore[override]
+        self,
+        data: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+        source: str | None = None,
+        *,
+        transient: Mapping[str, Any] | None = None,
+        update: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        # Text printed before the display must reach the frontend before it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        content: dict[str, Any] = {"data": data, "metadata": metadata or {}}
+        content["transient"] = transient or {}
+        msg_type = "update_display_data" if update else "display_data"
+        self.shell.kernel.publish(msg_type, content)
+
+    def clear_output(self, wait: bool = False) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.shell.kernel.publish("clear_output", {"wait": bool(wait)})
+
+
+class TrikernelShell(InteractiveShell):  # type: ignore[misc]
+    """IPython's InteractiveShell, running on the kernel's trio loop."""
+
+    kernel: Kernel = AnyTrait()  # type: ignore[assignment]
+    displayhook_class = Type(_DisplayHook)
+    display_pub_class = Type(_DisplayPublisher)
+    exiter = Instance(ZMQExitAutocall)
+
+    @default("exiter")
+    def _exiter_default(self) -> ZMQExitAutocall:
+        return ZMQExitAutocall(self)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cancelled: BaseException | None = None
+        self.last_error: dict[str, Any] | None = None
+        self.keepkernel_on_exit: bool | None = None
+        # `print?` and `%page` page through a payload, not a terminal pager.
+        self.set_hook("show_in_pager", page.as_hook(payloadpage.page), 99)
+        # `!cmd` output goes through sys.stdout, so it reaches the cell while it runs.
+        self.system = self.system_piped
+        # Top-level await always means the kernel's trio loop (run_cell_trio awaits it there).
+        self.autoawait = True
+
+    def init_io(self) -> None:
+        # The kernel installs its own sys.stdout / sys.stderr; IPython must not replace them.
+        pass
+
+    def enable_gui(self, gui: str | None = None) -> None:
+        raise NotImplementedError(
+            "trikernel runs cells on a trio loop; GUI event loop integration is not supported"
+        )
+
+    # -- running cells -----------------------------------------------------------------------
+
+    async def run_cell_trio(
+        self, raw_cell: str, *, store_history: bool, silent: bool, cell_id: str | None = None
+    ) -> tuple[ExecutionResult, BaseException | None]:
+        """Run a cell on the current trio loop; the trio twin of ``run_cell``.
+
+        Returns:
+            IPython's result, and the cancellation that stopped the cell, if one did. The
+            caller must let that cancellation continue (await a checkpoint) so that the scope
+            which cancelled the cell sees it.
+        """
+        self._cancelled = None
+        self.last_error = None
+        preprocessing_exc_tuple = None
+        try:
+            transformed = self.transform_cell(raw_cell)
+        except Exception:
+            transformed = raw_cell
+            preprocessing_exc_tuple = sys.exc_info()
+        kwargs: dict[str, Any] = {}
+        if cell_id is not None:
+            kwargs["cell_id"] = cell_id
+        result: ExecutionResult | None = None
+        try:
+            result = await self.run_cell_async(
+                raw_cell,
+                store_history=store_history,
+                silent=silent,
+                transformed_cell=transformed,
+                preprocessing_exc_tuple=preprocessing_exc_tuple,
+                **kwargs,
+            )
+        finally:
+            self.events.trigger("post_execute")
+            if not silent:
+                self.events.trigger("post_run_cell", result)
+        return result, self._cancelled
+
+    @trio.lowlevel.disable_ki_protection
+    async def run_code(
+        self, code_obj: CodeType, result: ExecutionResult | None = None, *, async_: bool = False
+    ) -> bool:
+        """Execute one compiled node of a cell; return True if it raised.
+
+        User code is the only code a SIGINT may raise ``KeyboardInterrupt`` in (see
+        :mod:`trikernel.execution`), hence the explicit lack of KI protection here.
+        """
+        __tracebackhide__ = "__ipython_bottom__"
+        old_excepthook, sys.excepthook = sys.excepthook, self.excepthook
+        self.sys_excepthook = old_excepthook
+        try:
+            try:
+                if async_:
+                    await eval(code_obj, self.user_global_ns, self.user_ns)
+                else:
+                    exec(code_obj, self.user_global_ns, self.user_ns)
+            finally:
+                sys.excepthook = old_excepthook
+        except BaseException as exc:
+            cancelled, rest = _split_cancelled(exc)
+            if cancelled is not None:
+                # Not swallowed: run_cell_trio hands it to the request handler, which lets it
+                # reach the scope that was cancelled. IPython's own code must not see it: its
+                # run_ast_nodes ends in a bare except too.
+                self._cancelled = cancelled
+            if rest is not None:
+                if result is not None:
+                    result.error_in_exec = rest
+                if isinstance(rest, SystemExit):
+                    self.showtraceback(exception_only=True)
+                    print("To exit: use 'exit', 'quit', or Ctrl-D.", file=sys.stderr)
+                else:
+                    self.showtraceback(
+                        (type(rest), rest, rest.__traceback__), running_compiled_code=True
+                    )
+            elif result is not None:
+                result.error_in_exec = KeyboardInterrupt()
+            return True
+        return False
+
+    def format_cancellation(self, exc: BaseException, ename: str, evalue: str) -> list[str]:
+        """A traceback showing where a cancelled cell was, titled ``ename: evalue``."""
+        try:
+            stb: list[str] = self.InteractiveTB.structured_traceback(
+                KeyboardInterrupt, KeyboardInterrupt(evalue), exc.__traceback__, tb_offset=1
+            )
+        except Exception:
+            stb = traceback.format_tb(exc.__traceback__)
+        if stb:
+            stb[-1] = stb[-1].replace("KeyboardInterrupt", ename, 1)
+        return stb
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _showtraceback(self, etype: type[BaseException], evalue: BaseException, stb: list[str]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.last_error = {
+            "ename": etype.__name__,
+            "evalue": str(evalue),
+            "traceback": stb,
+        }
+        self.kernel.publish("error", self.last_error)
+
+    def set_next_input(self, text: str, replace: bool = False) -> None:
+        self.payload_manager.write_payload(
+            {"source": "set_next_input", "text": text, "replace": replace}
+        )
+
+    def ask_exit(self) -> None:
+        self.exit_now = True
+        self.payload_manager.write_payload(
+            {"source": "ask_exit", "keepkernel": bool(self.keepkernel_on_exit)}
+        )
+
+    # -- requests that IPython answers ------------------------------------------------------
+
+    def complete_at(self, code: str, cursor: int) -> dict[str, Any]:
+        """``complete_reply`` content (without status) for the cursor position."""
+        with provisionalcompleter():
+            completions = list(rectify_completions(code, self.Completer.completions(code, cursor)))
+        if completions:
+            start, end = completions[0].start, completions[0].end
+        else:
+            start = end = cursor
+        return {
+            "matches": [c.text for c in completions],
+            "cursor_start": start,
+            "cursor_end": end,
+            "metadata": {
+                "_jupyter_types_experimental": [
+                    {
+                        "start": c.start,
+                        "end": c.end,
+                        "text": c.text,
+                        "type": c.type,
+                        "signature": c.signature,
+                    }
+                    for c in completions
+                ]
+            },
+        }
+
+    def inspect_at(self, code: str, cursor: int, detail_level: int) -> dict[str, Any]:
+        """``inspect_reply`` content (without status) for the name at the cursor."""
+        name = token_at_cursor(code, cursor)
+        try:
+            bundle = self.object_inspect_mime(name, detail_level=detail_level)
+        except Exception:
+            return {"found": False, "data": {}, "metadata": {}}
+        return {"found": True, "data": bundle, "metadata": {}}
+
+    def history_for(self, content: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """The ``history`` list of a ``history_reply`` for a request's content."""
+        hm = self.history_manager
+        raw = bool(content.get("raw", True))
+        output = bool(content.get("output", False))
+        access = content.get("hist_access_type", "tail")
+        n = content.get("n")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError("'n' must be a non-negative integer")
+        if access == "tail":
+            entries = hm.get_tail(n if n is not None else 10, raw=raw, output=output, include_latest=True)
+        elif access == "range":
+            session = int(content.get("session", 0))
+            start = int(content.get("start", 0))
+            stop = content.get("stop")
+            entries = hm.get_range(session, start, int(stop) if stop is not None else None, raw=raw, output=output)
+        elif access == "search":
+            pattern = content.get("pattern", "*")
+            if not isinstance(pattern, str):
+                raise ValueError("'pattern' must be a string")
+            entries = hm.search(pattern, raw=raw, output=output, n=n, unique=bool(content.get("unique", False)))
+        else:
+            raise ValueError(f"unknown hist_access_type {access!r}")
+        return [tuple(e) for e in entries]
+
+    def completeness(self, code: str) -> dict[str, Any]:
+        """``is_complete_reply`` content: complete, incomplete (with indent) or invalid."""
+        status, indent = self.input_transformer_manager.check_complete(code)
+        reply: dict[str, Any] = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = " " * (indent or 0)
+        return reply
+
+    def take_payloads(self) -> list[dict[str, Any]]:
+        """The reply payloads of the last cell; ``set_next_input`` only once (the last)."""
+        payloads: list[dict[str, Any]] = list(self.payload_manager.read_payload())
+        self.payload_manager.clear_payload()
+        last_next_input = None
+        for p in payloads:
+            if p.get("source") == "set_next_input":
+                last_next_input = p
+        return [
+            p for p in payloads if p.get("source") != "set_next_input" or p is last_next_input
+        ]
+
+
+def _split_cancelled(
+    exc: BaseException,
+) -> tuple[BaseException | None, BaseException | None]:
+    """Split ``exc`` into (the trio cancellation in it, everything else)."""
+    if isinstance(exc, trio.Cancelled):
+        return exc, None
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled, rest = exc.split(trio.Cancelled)
+        return cancelled, rest
+    return None, exc
+
+
+def make_shell(kernel: Kernel, *, history: bool) -> TrikernelShell:
+    """Create the process's shell (IPython keeps one instance per process).
+
+    Args:
+        kernel: where the shell's output goes.
+        history: keep IPython's SQLite history; False keeps it in memory for this run only.
+    """
+    config = Config()
+    if not history:
+        config.HistoryManager.hist_file = ":memory:"
+    shell: TrikernelShell = TrikernelShell.instance(kernel=kernel, config=config)
+    _install_input(kernel)
+    return shell
+
+
+def _install_input(kernel: Kernel) -> None:
+    """Make ``input()`` and ``getpass.getpass()`` ask the frontend over the stdin channel."""
+    import builtins
+    import getpass
+
+    def ask(prompt: object = "", *, password: bool) -> str:
+        value = kernel.request_input(str(prompt), password=password)
+        if value is None:
+            raise StdinNotImplementedError(
+                "input was requested, but this frontend does not support input requests "
+                "(allow_stdin is false)"
+            )
+        return value
+
+    def input(prompt: object = "") -> str:  # noqa: A001 - replaces the builtin on purpose
+        return ask(prompt, password=False)
+
+    def getpass_(prompt: str = "Password: ", stream: object = None) -> str:
+        return ask(prompt, password=True)
+
+    builtins.input = input
+    getpass.getpass = getpass_
