@@ -305,7 +305,10 @@ class TrikernelShell(InteractiveShell):  # type: ignore[misc]
             entries = hm.search(pattern, raw=raw, output=output, n=n, unique=bool(content.get("unique", False)))
         else:
             raise ValueError(f"unknown hist_access_type {access!r}")
-        return [tuple(e) for e in entries]
+        # IPython numbers the current session 0 in some answers and by its number in others;
+        # a reply names it one way, by number, so a client can ask for the same range again.
+        current = hm.session_number
+        return [(current if e[0] == 0 else e[0], *e[1:]) for e in entries]
 
     def completeness(self, code: str) -> dict[str, Any]:
         """``is_complete_reply`` content: complete, incomplete (with indent) or invalid."""
