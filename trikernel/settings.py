@@ -35,7 +35,7 @@ class SettingsError(ValueError):
 
 
 def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value < 0:
+    if value is not None and not value >= 0:  # also rejects NaN
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 

@@ -11,7 +11,8 @@ Reading: orjson turns an integer over 64 bits into a float (the standard library
 exact); requests from frontends carry no such integers, so the fast parser stays.
 
 Nothing here raises for a value that merely has an unusual type: :func:`dumps` raises
-``TypeError`` only for an object it has no rule for. :func:`loads` raises ``ValueError`` (never
+``TypeError`` only for an object it has no rule for, and ``ValueError`` for nesting too deep
+to write. :func:`loads` raises ``ValueError`` (never
 anything else) for bytes that are not a JSON document.
 """
 
@@ -21,7 +22,7 @@ import base64
 import datetime
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["dumps", "loads"]
@@ -35,6 +36,8 @@ def _default(obj: Any) -> Any:
         return base64.b64encode(obj).decode("ascii")
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
     tolist = getattr(obj, "tolist", None)
     if callable(tolist):
         return tolist()
@@ -66,15 +69,26 @@ def _key(key: object) -> str:
 
 def _std_dumps(obj: Any) -> bytes:
     try:
-        text = json.dumps(obj, default=_default, ensure_ascii=False, allow_nan=False)
-    except (ValueError, TypeError):
-        # NaN, a non-string key of an odd type, or an odd type nested in a key: clean and retry.
-        text = json.dumps(_clean(obj), ensure_ascii=False, allow_nan=False)
-    return text.encode("utf-8", "surrogatepass")
+        try:
+            text = json.dumps(obj, default=_default, ensure_ascii=False, allow_nan=False)
+        except (ValueError, TypeError):
+            # NaN, a non-string key of an odd type, or an odd type nested in a key.
+            obj = _clean(obj)
+            text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise ValueError("object is nested too deeply for JSON") from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate has no UTF-8 form: write it as a \ud800-style escape instead.
+        return json.dumps(obj, default=_default, ensure_ascii=True, allow_nan=False).encode()
 
 
 def _std_loads(data: bytes | str) -> Any:
     try:
+        if not isinstance(data, str):
+            # The wire is UTF-8 (spec); json.loads(bytes) would also guess UTF-16 and UTF-32.
+            data = bytes(data).decode("utf-8")
         return json.loads(data)
     except RecursionError:
         raise ValueError("JSON is nested too deeply") from None
@@ -107,5 +121,6 @@ else:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
-            # orjson rejects integers over 64 bits and NaN tokens that Python's json accepts.
+            # orjson rejects NaN tokens, numbers beyond float range and surrogate escapes,
+            # which Python's json reads.
             return _std_loads(data)

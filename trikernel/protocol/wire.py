@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import hmac
 import os
+import types
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -49,7 +50,8 @@ __all__ = [
 PROTOCOL_VERSION = "5.4"
 DELIMITER = b"<IDS|MSG>"
 
-_EMPTY: Mapping[str, Any] = {}
+# The shared default for empty fields; read-only so no message can change another's.
+_EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 
 
 class WireError(Exception):
@@ -124,14 +126,17 @@ class Header:
         for key in ("msg_id", "msg_type", "session"):
             if not isinstance(d.get(key), str):
                 raise MessageFormatError(f"header field {key!r} is missing or not a string")
+        for key in ("username", "date", "version"):
+            if not isinstance(d.get(key, ""), str):
+                raise MessageFormatError(f"header field {key!r} is not a string")
         extra = {k: v for k, v in d.items() if k not in _HEADER_FIELDS}
         return cls(
             msg_id=d["msg_id"],
             msg_type=d["msg_type"],
             session=d["session"],
-            username=str(d.get("username", "")),
-            date=str(d.get("date", "")),
-            version=str(d.get("version", "")),
+            username=d.get("username", ""),
+            date=d.get("date", ""),
+            version=d.get("version", ""),
             extra=extra or _EMPTY,
         )
 
@@ -274,6 +279,7 @@ class Session:
 
         Raises:
             TypeError: the content or metadata holds an object JSON has no rule for.
+            ValueError: the content or metadata is nested too deeply to write.
         """
         parts = [
             jsonutil.dumps(msg.header.to_dict()),
