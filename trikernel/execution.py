@@ -14,6 +14,13 @@ always arrives as SIGINT on the main thread (the io loop sends it with ``pthread
    (posted with ``TrioToken.run_sync_soon``, which is safe from a signal handler). The request
    unwinds at its await, ``finally`` blocks run, and its handler replies ``KeyboardInterrupt``.
 
+3. An interrupt is *pending* until it took effect: ``KeyboardInterrupt`` was raised, the
+   request ended, or the main loop reached its I/O wait after cancelling (then every task of
+   the request is parked at an await and has its ``Cancelled``). While one is pending, the io
+   loop sends SIGINT again every few milliseconds (:meth:`UserCode.wait_interrupted`). This
+   closes the race in which SIGINT lands in protected code (IPython compiling the cell) and
+   the cell then runs blocking code with no await for the cancellation to land on.
+
 So the kernel's own code never sees a stray ``KeyboardInterrupt``: it either runs KI-protected
 (trio's machinery, and the kernel's request runners, which are marked with
 :func:`trio.lowlevel.enable_ki_protection`) or outside every request. Background tasks are not
@@ -63,6 +70,11 @@ class UserCode:
 
     token: trio.lowlevel.TrioToken
     _running: list[_Running] = attrs.field(init=False, factory=list)
+    # Interrupt bookkeeping: numbers only grow. The io loop writes _requested; the main thread
+    # writes the other two. An interrupt n is pending while _handled < n and code runs.
+    _requested: int = attrs.field(init=False, default=0)
+    _handled: int = attrs.field(init=False, default=0)
+    _cancelled_upto: int = attrs.field(init=False, default=0)
     _main_thread: int = attrs.field(init=False, factory=threading.get_ident)
     _previous_handlers: dict[int, object] = attrs.field(init=False, factory=dict)
 
@@ -77,9 +89,10 @@ class UserCode:
         # Restart interrupted system calls after a tick instead of failing them with EINTR:
         # C libraries that do not retry EINTR must not see errors because of the kernel.
         signal.siginterrupt(signal.SIGVTALRM, False)
+        trio.lowlevel.add_instrument(self)
 
     def uninstall(self) -> None:
-        """Give the signals back (tests run kernels in-process)."""
+        """Give the signals back."""
         signal.setitimer(signal.ITIMER_VIRTUAL, 0)
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
@@ -109,6 +122,7 @@ class UserCode:
                 self._running.remove(run)
                 if not self._running:
                     signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+                    self._handled = self._requested
 
     @property
     def busy(self) -> bool:
@@ -125,19 +139,48 @@ class UserCode:
     # -- interrupts (any thread) ---------------------------------------------------------------
 
     def interrupt(self) -> None:
-        """Interrupt whatever user code runs now; from any thread, never blocks."""
+        """Interrupt whatever user code runs now. Call from the io loop; never blocks."""
+        self._requested += 1
         signal.pthread_kill(self._main_thread, signal.SIGINT)
 
+    @property
+    def interrupt_pending(self) -> bool:
+        """Whether the last interrupt has not taken effect yet (rule 3 of the module)."""
+        return bool(self._running) and self._handled < self._requested
+
+    async def wait_interrupted(self, *, resend_every: float = 0.02, give_up: float = 2.0) -> None:
+        """Interrupt, and keep re-sending SIGINT while the interrupt is pending (io loop)."""
+        self.interrupt()
+        with trio.move_on_after(give_up):
+            while True:
+                await trio.sleep(resend_every)
+                if not self.interrupt_pending:
+                    return
+                signal.pthread_kill(self._main_thread, signal.SIGINT)
+
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self._running and not trio.lowlevel.currently_ki_protected():
+        number = self._requested
+        if not self._running:
+            self._handled = number
+            return
+        if not trio.lowlevel.currently_ki_protected():
             try:
                 task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
             except RuntimeError:
                 task = None
             if task is not None and self._owns(task):
+                self._handled = number
                 raise KeyboardInterrupt
-        if self._running:
-            self.token.run_sync_soon(self.cancel_all, "interrupt")
+        self.token.run_sync_soon(self._cancel_for_interrupt, number)
+
+    def _cancel_for_interrupt(self, number: int) -> None:
+        self.cancel_all("interrupt")
+        self._cancelled_upto = max(self._cancelled_upto, number)
+
+    def before_io_wait(self, timeout: float) -> None:
+        """Trio instrument hook: the main loop is idle, so every cancel has landed."""
+        if self._cancelled_upto > self._handled:
+            self._handled = self._cancelled_upto
 
     def _owns(self, task: trio.lowlevel.Task) -> bool:
         """Whether ``task`` is a running request's task or was spawned inside one."""

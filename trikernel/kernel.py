@@ -537,7 +537,7 @@ class Kernel:
 
     async def interrupt_request(self, request: Message) -> Mapping[str, Any]:
         """Interrupt the running cell (spec: "Kernel interrupt"); see trikernel.execution."""
-        self._user.interrupt()
+        self._io_nursery.start_soon(self._user.wait_interrupted)
         return {"status": "ok"}
 
     async def connect_request(self, request: Message) -> Mapping[str, Any]:
@@ -547,6 +547,8 @@ class Kernel:
     async def shutdown_request(self, request: Message) -> Mapping[str, Any]:
         """Stop user code, flush output, reply, exit (spec: "Kernel shutdown")."""
         restart = bool(request.content.get("restart", False))
+        # A cell that blocks the main thread would never run _begin_shutdown: interrupt it.
+        self._io_nursery.start_soon(self._user.wait_interrupted)
         self._main_token.run_sync_soon(self._begin_shutdown, restart)
         with trio.move_on_after(self.settings.shutdown.grace + 1):
             await self._main_stopped.wait()
@@ -563,8 +565,6 @@ class Kernel:
             return
         self._shutdown_started.set()
         self._restart = restart
-        if self._user.busy:
-            self._user.interrupt()
         self._shutdown_requested.set()
 
     async def _finish_shutdown(self, channel: Channel) -> None:

@@ -1,0 +1,140 @@
+"""Fixtures for tests against the real kernel process, over real ZeroMQ sockets.
+
+Helpers wait on the message that proves a state (a reply, an ``execute_input``, an ``idle``)
+with a timeout that fails the test loudly; none sleeps a guessed time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jupyter_client import BlockingKernelClient, KernelManager
+
+from tests.conftest import TEST_KERNEL
+
+TIMEOUT = 20.0
+Msg = dict[str, Any]
+
+
+class Kernel:
+    """A running kernel and a client, with the waits tests need."""
+
+    def __init__(self, km: KernelManager, kc: BlockingKernelClient) -> None:
+        self.km = km
+        self.kc = kc
+
+    # -- waiting on messages ------------------------------------------------------------------
+
+    def reply(self, msg_id: str, channel: str = "shell", timeout: float = TIMEOUT) -> Msg:
+        """The reply to ``msg_id`` on ``channel``; other replies there are dropped."""
+        get = self.kc.get_shell_msg if channel == "shell" else self.kc.get_control_msg
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {channel} reply to {msg_id} within {timeout} s")
+            msg = get(timeout=remaining)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg
+
+    def iopub_until(self, msg_id: str, predicate: Any, timeout: float = TIMEOUT) -> list[Msg]:
+        """iopub messages of request ``msg_id`` up to and including the first matching one."""
+        deadline = time.monotonic() + timeout
+        seen: list[Msg] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                types = [m["msg_type"] for m in seen]
+                raise AssertionError(f"iopub for {msg_id}: condition not met; saw {types}")
+            msg = self.kc.get_iopub_msg(timeout=remaining)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            seen.append(msg)
+            if predicate(msg):
+                return seen
+
+    def until_idle(self, msg_id: str, timeout: float = TIMEOUT) -> list[Msg]:
+        """iopub messages of ``msg_id`` through its ``idle`` status."""
+        return self.iopub_until(
+            msg_id,
+            lambda m: m["msg_type"] == "status" and m["content"]["execution_state"] == "idle",
+            timeout,
+        )
+
+    def started(self, msg_id: str, timeout: float = TIMEOUT) -> None:
+        """Wait until the cell of ``msg_id`` has begun (its ``execute_input``)."""
+        self.iopub_until(msg_id, lambda m: m["msg_type"] == "execute_input", timeout)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def execute(self, code: str, timeout: float = TIMEOUT, **kwargs: Any) -> tuple[Msg, list[Msg]]:
+        """Run ``code``; return its reply and its iopub messages through idle."""
+        msg_id = self.kc.execute(code, **kwargs)
+        reply = self.reply(msg_id, timeout=timeout)
+        return reply, self.until_idle(msg_id, timeout)
+
+    def control(self, msg_type: str, content: dict[str, Any] | None = None) -> str:
+        msg = self.kc.session.msg(msg_type, content or {})
+        self.kc.control_channel.send(msg)
+        return str(msg["header"]["msg_id"])
+
+    def shell_send(self, msg_type: str, content: dict[str, Any] | None = None) -> str:
+        msg = self.kc.session.msg(msg_type, content or {})
+        self.kc.shell_channel.send(msg)
+        return str(msg["header"]["msg_id"])
+
+    def wait_exit(self, timeout: float) -> float:
+        """Seconds until the kernel process exited; fails if it is alive after ``timeout``."""
+        process = self.km.provisioner.process  # type: ignore[union-attr]
+        start = time.monotonic()
+        try:
+            process.wait(timeout=timeout)
+        except Exception as exc:
+            raise AssertionError(f"kernel process still alive {timeout} s later") from exc
+        return time.monotonic() - start
+
+
+def start_kernel() -> Kernel:
+    km = KernelManager(kernel_name=TEST_KERNEL)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=TIMEOUT)
+    return Kernel(km, kc)
+
+
+def stop_kernel(k: Kernel) -> None:
+    k.kc.stop_channels()
+    if k.km.is_alive():
+        k.km.shutdown_kernel(now=True)
+    else:
+        k.km.cleanup_resources()
+    # The manager's context outlives it otherwise, and is reported when collected.
+    k.km.context.destroy(linger=0)
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[Kernel]:
+    """One kernel shared by a module's tests (they must leave it idle and usable)."""
+    k = start_kernel()
+    yield k
+    stop_kernel(k)
+
+
+@pytest.fixture
+def fresh_kernel() -> Iterator[Kernel]:
+    """A kernel of the test's own, for tests that shut it down or break its state."""
+    k = start_kernel()
+    yield k
+    stop_kernel(k)
+
+
+def outputs(msgs: list[Msg], *types: str) -> list[Msg]:
+    return [m for m in msgs if m["msg_type"] in types]
+
+
+def stream_text(msgs: list[Msg], name: str = "stdout") -> str:
+    return "".join(m["content"]["text"] for m in outputs(msgs, "stream") if m["content"]["name"] == name)

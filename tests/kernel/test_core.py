@@ -1,0 +1,275 @@
+"""The kernel core over the wire: execution, streams, control while blocked, interrupts, shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from jupyter_client import BlockingKernelClient
+
+from tests.kernel.conftest import TIMEOUT, Kernel, outputs, stream_text
+
+# A cell that holds the GIL in one C call for many seconds (the regex engine backtracks).
+GIL_HOLDING = "import re; re.match(r'(a+)+$', 'a'*28 + 'b')"
+
+
+def test_one_plus_one(kernel: Kernel) -> None:
+    reply, msgs = kernel.execute("1+1")
+    assert reply["content"]["status"] == "ok"
+    [result] = outputs(msgs, "execute_result")
+    assert result["content"]["data"]["text/plain"] == "2"
+    assert result["content"]["execution_count"] == reply["content"]["execution_count"]
+
+
+def test_messages_of_a_cell_in_order(kernel: Kernel) -> None:
+    code = "print('a'); from IPython.display import display; display('d'); print('b'); 'r'"
+    reply, msgs = kernel.execute(code)
+    types = [m["msg_type"] for m in msgs]
+    assert types == [
+        "status", "execute_input", "stream", "display_data", "stream", "execute_result", "status",
+    ]
+    assert msgs[0]["content"]["execution_state"] == "busy"
+    assert msgs[1]["content"]["code"] == code
+    assert [m["content"]["text"] for m in outputs(msgs, "stream")] == ["a\n", "b\n"]
+
+
+def test_error_reply_and_message(kernel: Kernel) -> None:
+    reply, msgs = kernel.execute("def f():\n    raise ValueError('on purpose')\nf()")
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "ValueError"
+    assert reply["content"]["evalue"] == "on purpose"
+    [error] = outputs(msgs, "error")
+    assert error["content"]["ename"] == "ValueError"
+    assert any("on purpose" in line for line in error["content"]["traceback"])
+
+
+def test_silent_cell_has_no_input_message_and_no_count(kernel: Kernel) -> None:
+    before, _ = kernel.execute("pass")
+    reply, msgs = kernel.execute("x_silent = 5", silent=True)
+    assert outputs(msgs, "execute_input") == []
+    after, _ = kernel.execute("x_silent")
+    assert after["content"]["execution_count"] == before["content"]["execution_count"] + 1
+
+
+def test_user_expressions(kernel: Kernel) -> None:
+    reply, _ = kernel.execute("ue = 21", user_expressions={"double": "ue * 2", "bad": "1/0"})
+    expressions = reply["content"]["user_expressions"]
+    assert expressions["double"]["data"]["text/plain"] == "42"
+    assert expressions["bad"]["status"] == "error"
+
+
+def test_stop_on_error_aborts_queued_cells(kernel: Kernel) -> None:
+    first = kernel.kc.execute("import time; time.sleep(0.3); 1/0")
+    queued = [kernel.kc.execute(f"print({i})") for i in range(2)]
+    assert kernel.reply(first)["content"]["status"] == "error"
+    for msg_id in queued:
+        assert kernel.reply(msg_id)["content"]["status"] == "aborted"
+        statuses = [m["content"]["execution_state"] for m in outputs(kernel.until_idle(msg_id), "status")]
+        assert statuses == ["busy", "idle"]
+    reply, _ = kernel.execute("1+1")
+    assert reply["content"]["status"] == "ok"
+
+
+def test_stop_on_error_false_runs_the_queue(kernel: Kernel) -> None:
+    first = kernel.kc.execute("import time; time.sleep(0.3); 1/0", stop_on_error=False)
+    then = kernel.kc.execute("print('still runs')")
+    assert kernel.reply(first)["content"]["status"] == "error"
+    assert kernel.reply(then)["content"]["status"] == "ok"
+
+
+def test_output_reaches_frontend_while_cell_blocks(kernel: Kernel) -> None:
+    code = "import time\nfor i in range(3):\n    print(i)\n    time.sleep(0.4)"
+    msg_id = kernel.kc.execute(code)
+    first = kernel.iopub_until(msg_id, lambda m: m["msg_type"] == "stream")[-1]
+    # The first line arrives on its own, while the cell still sleeps: not batched at the end.
+    assert first["content"]["text"] == "0\n"
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    assert stream_text(kernel.until_idle(msg_id)) == "1\n2\n"
+
+
+def test_payloads_set_next_input_once_and_page(kernel: Kernel) -> None:
+    reply, _ = kernel.execute("ip = get_ipython(); ip.set_next_input('a'); ip.set_next_input('b')")
+    payload = reply["content"]["payload"]
+    assert [p["text"] for p in payload if p["source"] == "set_next_input"] == ["b"]
+    reply, _ = kernel.execute("print?")
+    [page] = [p for p in reply["content"]["payload"] if p["source"] == "page"]
+    assert "text/plain" in page["data"]
+
+
+def test_display_update_and_clear_output(kernel: Kernel) -> None:
+    code = (
+        "from IPython.display import display, clear_output\n"
+        "h = display('one', display_id='d1')\n"
+        "h.update('two')\n"
+        "clear_output(wait=True)"
+    )
+    _, msgs = kernel.execute(code)
+    display, update, clear = outputs(msgs, "display_data", "update_display_data", "clear_output")
+    assert display["content"]["transient"] == {"display_id": "d1"}
+    assert update["content"]["data"]["text/plain"] == "'two'"
+    assert update["content"]["transient"] == {"display_id": "d1"}
+    assert clear["content"] == {"wait": True}
+
+
+def test_input_round_trip(kernel: Kernel) -> None:
+    msg_id = kernel.kc.execute("name = input('who? '); print('hello', name)", allow_stdin=True)
+    request = kernel.kc.get_stdin_msg(timeout=TIMEOUT)
+    assert request["msg_type"] == "input_request"
+    assert request["content"] == {"prompt": "who? ", "password": False}
+    # jupyter_client's input() sends a reply without a parent header; it must still match.
+    kernel.kc.input("trio")
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    assert stream_text(kernel.until_idle(msg_id)) == "hello trio\n"
+
+
+def test_input_without_stdin_is_a_clear_error(kernel: Kernel) -> None:
+    reply, _ = kernel.execute("input('x')", allow_stdin=False)
+    assert reply["content"]["ename"] == "StdinNotImplementedError"
+
+
+def test_kernel_info_on_control_has_busy_idle(kernel: Kernel) -> None:
+    msg_id = kernel.control("kernel_info_request")
+    reply = kernel.reply(msg_id, "control")
+    assert reply["content"]["implementation"] == "trikernel"
+    assert reply["content"]["language_info"]["name"] == "python"
+    statuses = [m["content"]["execution_state"] for m in outputs(kernel.until_idle(msg_id), "status")]
+    assert statuses == ["busy", "idle"]
+
+
+def test_unknown_request_gets_error_reply_and_kernel_stays_up(kernel: Kernel) -> None:
+    msg_id = kernel.shell_send("frobnicate_request")
+    reply = kernel.reply(msg_id)
+    assert reply["msg_type"] == "frobnicate_reply"
+    assert reply["content"]["status"] == "error"
+    assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
+
+
+def _heartbeat_answers(kernel: Kernel) -> bool:
+    info = kernel.km.get_connection_info()
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.linger = 0
+    sock.connect(f"tcp://{info['ip']}:{info['hb_port']}")
+    try:
+        sock.send(b"ping")
+        return bool(sock.poll(2000)) and sock.recv() == b"ping"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "code", ["import time; time.sleep(30)", GIL_HOLDING, "while True: pass"], ids=["sleep", "gil", "busy"]
+)
+def test_control_and_heartbeat_answer_while_cell_blocks(kernel: Kernel, code: str) -> None:
+    msg_id = kernel.kc.execute(code)
+    kernel.started(msg_id)
+    latencies = []
+    for _ in range(3):
+        start = time.monotonic()
+        info = kernel.reply(kernel.control("kernel_info_request"), "control", timeout=5)
+        latencies.append(time.monotonic() - start)
+        assert info["content"]["status"] == "ok"
+    assert _heartbeat_answers(kernel)
+    # Interrupt: the blocked cell ends with KeyboardInterrupt, and the kernel lives on.
+    kernel.reply(kernel.control("interrupt_request"), "control")
+    reply = kernel.reply(msg_id)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    kernel.until_idle(msg_id)
+    assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
+    # Answered while the cell blocked (the cell only ended after the interrupt).
+    print(f"control latencies while blocked ({code!r}): {[round(x * 1000, 1) for x in latencies]} ms")
+
+
+def test_interrupt_awaiting_cell_runs_finally(kernel: Kernel) -> None:
+    code = (
+        "import trio\n"
+        "cleaned = False\n"
+        "try:\n"
+        "    await trio.sleep(30)\n"
+        "finally:\n"
+        "    cleaned = True"
+    )
+    msg_id = kernel.kc.execute(code)
+    kernel.started(msg_id)
+    kernel.reply(kernel.control("interrupt_request"), "control")
+    reply = kernel.reply(msg_id)
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    reply, msgs = kernel.execute("cleaned")
+    assert outputs(msgs, "execute_result")[0]["content"]["data"]["text/plain"] == "True"
+
+
+def test_interrupt_when_idle_is_harmless(kernel: Kernel) -> None:
+    reply = kernel.reply(kernel.control("interrupt_request"), "control")
+    assert reply["content"]["status"] == "ok"
+    assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
+
+
+def test_interrupt_on_shell_channel(kernel: Kernel) -> None:
+    msg_id = kernel.kc.execute("import time; time.sleep(30)")
+    kernel.started(msg_id)
+    interrupt = kernel.shell_send("interrupt_request")
+    assert kernel.reply(interrupt)["content"]["status"] == "ok"
+    assert kernel.reply(msg_id)["content"]["ename"] == "KeyboardInterrupt"
+
+
+def test_shutdown_exits_within_a_second(fresh_kernel: Kernel) -> None:
+    msg_id = fresh_kernel.control("shutdown_request", {"restart": True})
+    reply = fresh_kernel.reply(msg_id, "control")
+    assert reply["content"] == {"status": "ok", "restart": True}
+    assert fresh_kernel.wait_exit(timeout=1.0) < 1.0
+
+
+def test_shutdown_while_cell_blocks(fresh_kernel: Kernel) -> None:
+    msg_id = fresh_kernel.kc.execute("import time; print('before', flush=True); time.sleep(30)")
+    fresh_kernel.started(msg_id)
+    shutdown = fresh_kernel.control("shutdown_request")
+    assert fresh_kernel.reply(shutdown, "control")["content"]["status"] == "ok"
+    assert fresh_kernel.reply(msg_id)["content"]["ename"] == "KeyboardInterrupt"
+    fresh_kernel.wait_exit(timeout=1.0)
+
+
+def test_shutdown_on_shell_channel(fresh_kernel: Kernel) -> None:
+    msg_id = fresh_kernel.shell_send("shutdown_request")
+    assert fresh_kernel.reply(msg_id)["content"]["status"] == "ok"
+    fresh_kernel.wait_exit(timeout=1.0)
+
+
+def test_missing_connection_file_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "new-kernel.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "trikernel", "-f", str(path)], env=env)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        info: dict[str, object] = {}
+        while not info:
+            assert time.monotonic() < deadline, "connection file was not written"
+            assert proc.poll() is None, "kernel exited"
+            try:
+                info = json.loads(path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                time.sleep(0.05)  # polling a file the kernel writes; no message to wait on
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert info["ip"] == "127.0.0.1" and info["key"]
+        kc = BlockingKernelClient(connection_file=str(path))
+        kc.load_connection_file()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=TIMEOUT)
+            reply = kc.execute_interactive("1+1", timeout=TIMEOUT)
+            assert reply["content"]["status"] == "ok"
+            kc.shutdown()
+            proc.wait(timeout=5)
+        finally:
+            kc.stop_channels()
+            kc.context.destroy(linger=0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
