@@ -61,7 +61,7 @@ class _Running:
 
 
 @attrs.define(eq=False)
-class UserCode:
+class UserCode(trio.abc.Instrument):
     """The registry of running user code on the main loop, and the SIGINT policy above.
 
     Args:
@@ -75,6 +75,7 @@ class UserCode:
     _requested: int = attrs.field(init=False, default=0)
     _handled: int = attrs.field(init=False, default=0)
     _cancelled_upto: int = attrs.field(init=False, default=0)
+    _idle: trio.Event | None = attrs.field(init=False, default=None)
     _main_thread: int = attrs.field(init=False, factory=threading.get_ident)
     _previous_handlers: dict[int, object] = attrs.field(init=False, factory=dict)
 
@@ -123,11 +124,19 @@ class UserCode:
                 if not self._running:
                     signal.setitimer(signal.ITIMER_VIRTUAL, 0)
                     self._handled = self._requested
+                    if self._idle is not None:
+                        self._idle.set()
 
     @property
     def busy(self) -> bool:
         """Whether any request's user code is running."""
         return bool(self._running)
+
+    async def wait_idle(self) -> None:
+        """Wait until no request's user code runs (main loop)."""
+        while self._running:
+            self._idle = trio.Event()
+            await self._idle.wait()
 
     def cancel_all(self, reason: CancelReason) -> None:
         """Cancel every running request's scope (main loop only)."""

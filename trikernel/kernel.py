@@ -261,8 +261,7 @@ class Kernel:
         """Cancel running cells (main loop), then let their output reach the queue."""
         self._user.cancel_all("shutdown")
         with trio.move_on_after(self.settings.shutdown.grace):
-            while self._user.busy:
-                await trio.sleep(0.005)
+            await self._user.wait_idle()
         sys.stdout.flush()
         sys.stderr.flush()
 
@@ -287,11 +286,12 @@ class Kernel:
                         task_status=task_status,
                     )
                 )
-                for channel, serve, on_message in (
+                routers: list[tuple[Channel, Any, Callable[[Message], None]]] = [
                     ("control", serve_control, self._on_control),
                     ("stdin", serve_stdin, self._on_stdin),
                     ("shell", serve_shell, self._on_shell),
-                ):
+                ]
+                for channel, serve, on_message in routers:
                     ports[channel], self._outboxes[channel] = await nursery.start(
                         serve, ctx, conn, session, on_message
                     )
@@ -452,7 +452,7 @@ class Kernel:
             self.publish("error", error)
             reply = {"status": "error", **error}
         elif result.success:
-            reply = {"status": "ok", "user_expressions": shell.user_expressions(user_expressions)}
+            reply = {"status": "ok", "user_expressions": shell.evaluate(user_expressions)}
         else:
             error = shell.last_error or {
                 "ename": type(result.error_in_exec or result.error_before_exec).__name__,

@@ -15,7 +15,7 @@ import logging
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
@@ -37,6 +37,10 @@ class SettingsError(ValueError):
 def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not value >= 0:  # also rejects NaN
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _upper(value: object) -> str:
+    return str(value).upper()
 
 
 @attrs.frozen(kw_only=True)
@@ -79,7 +83,7 @@ class KernelSettings:
     shell: ExecutionSettings = attrs.Factory(ExecutionSettings)
     streams: StreamSettings = attrs.Factory(StreamSettings)
     shutdown: ShutdownSettings = attrs.Factory(ShutdownSettings)
-    log_level: str = attrs.field(default="WARNING", converter=str.upper)
+    log_level: str = attrs.field(default="WARNING", converter=_upper)
     """Level of the kernel's own log on stderr (DEBUG, INFO, WARNING, ERROR)."""
 
     @log_level.validator
@@ -88,7 +92,6 @@ class KernelSettings:
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
 
 
-_T = TypeVar("_T")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -150,7 +153,7 @@ def _convert(key: str, hint: Any, value: object) -> object:
     raise SettingsError(f"setting {key!r} takes a {name}, got {value!r}")
 
 
-def _evolve(obj: _T, path: list[str], value: object) -> _T:
+def _evolve(obj: Any, path: list[str], value: object) -> Any:
     if len(path) == 1:
         return attrs.evolve(obj, **{path[0]: value})
     child = getattr(obj, path[0])

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["TrikernelShell"]
 
 
-class _DisplayHook(DisplayHook):  # type: ignore[misc]
+class _DisplayHook(DisplayHook):
     """Sends a cell's last expression as ``execute_result``."""
 
     def start_displayhook(self) -> None:
@@ -65,14 +65,14 @@ class _DisplayHook(DisplayHook):  # type: ignore[misc]
         sys.stdout.flush()
         sys.stderr.flush()
         if "data" in self._content:
-            self.shell.kernel.publish("execute_result", self._content)
+            _kernel_of(self.shell).publish("execute_result", self._content)
         super().finish_displayhook()
 
 
-class _DisplayPublisher(DisplayPublisher):  # type: ignore[misc]
+class _DisplayPublisher(DisplayPublisher):
     """Sends ``display()`` output as ``display_data`` / ``update_display_data``."""
 
-    def publish(  # type: ignore[override]
+    def publish(
         self,
         data: Mapping[str, Any],
         metadata: Mapping[str, Any] | None = None,
@@ -88,19 +88,21 @@ class _DisplayPublisher(DisplayPublisher):  # type: ignore[misc]
         content: dict[str, Any] = {"data": data, "metadata": metadata or {}}
         content["transient"] = transient or {}
         msg_type = "update_display_data" if update else "display_data"
-        self.shell.kernel.publish(msg_type, content)
+        _kernel_of(self.shell).publish(msg_type, content)
 
     def clear_output(self, wait: bool = False) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        self.shell.kernel.publish("clear_output", {"wait": bool(wait)})
+        _kernel_of(self.shell).publish("clear_output", {"wait": bool(wait)})
 
 
-class TrikernelShell(InteractiveShell):  # type: ignore[misc]
+class TrikernelShell(InteractiveShell):
     """IPython's InteractiveShell, running on the kernel's trio loop."""
 
-    kernel: Kernel = AnyTrait()  # type: ignore[assignment]
+    kernel = AnyTrait()  # the Kernel; a traitlet so IPython's constructor accepts it
     displayhook_class = Type(_DisplayHook)
+    # `!cmd` output goes through sys.stdout, so it reaches the cell while the command runs.
+    system = InteractiveShell.system_piped
     display_pub_class = Type(_DisplayPublisher)
     exiter = Instance(ZMQExitAutocall)
 
@@ -115,8 +117,6 @@ class TrikernelShell(InteractiveShell):  # type: ignore[misc]
         self.keepkernel_on_exit: bool | None = None
         # `print?` and `%page` page through a payload, not a terminal pager.
         self.set_hook("show_in_pager", page.as_hook(payloadpage.page), 99)
-        # `!cmd` output goes through sys.stdout, so it reaches the cell while it runs.
-        self.system = self.system_piped
         # Top-level await always means the kernel's trio loop (run_cell_trio awaits it there).
         self.autoawait = True
 
@@ -234,14 +234,24 @@ class TrikernelShell(InteractiveShell):  # type: ignore[misc]
         }
         self.kernel.publish("error", self.last_error)
 
+    @property
+    def _payloads(self) -> Any:
+        assert self.payload_manager is not None  # made in InteractiveShell.__init__
+        return self.payload_manager
+
+    def evaluate(self, expressions: Mapping[str, str]) -> dict[str, Any]:
+        """``user_expressions`` of an execute reply: each evaluated, errors included."""
+        result: dict[str, Any] = self.user_expressions(expressions)
+        return result
+
     def set_next_input(self, text: str, replace: bool = False) -> None:
-        self.payload_manager.write_payload(
+        self._payloads.write_payload(
             {"source": "set_next_input", "text": text, "replace": replace}
         )
 
     def ask_exit(self) -> None:
         self.exit_now = True
-        self.payload_manager.write_payload(
+        self._payloads.write_payload(
             {"source": "ask_exit", "keepkernel": bool(self.keepkernel_on_exit)}
         )
 
@@ -285,6 +295,7 @@ class TrikernelShell(InteractiveShell):  # type: ignore[misc]
     def history_for(self, content: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """The ``history`` list of a ``history_reply`` for a request's content."""
         hm = self.history_manager
+        assert hm is not None  # made in InteractiveShell.__init__
         raw = bool(content.get("raw", True))
         output = bool(content.get("output", False))
         access = content.get("hist_access_type", "tail")
@@ -320,8 +331,8 @@ class TrikernelShell(InteractiveShell):  # type: ignore[misc]
 
     def take_payloads(self) -> list[dict[str, Any]]:
         """The reply payloads of the last cell; ``set_next_input`` only once (the last)."""
-        payloads: list[dict[str, Any]] = list(self.payload_manager.read_payload())
-        self.payload_manager.clear_payload()
+        payloads: list[dict[str, Any]] = list(self._payloads.read_payload())
+        self._payloads.clear_payload()
         last_next_input = None
         for p in payloads:
             if p.get("source") == "set_next_input":
@@ -329,6 +340,11 @@ class TrikernelShell(InteractiveShell):  # type: ignore[misc]
         return [
             p for p in payloads if p.get("source") != "set_next_input" or p is last_next_input
         ]
+
+
+def _kernel_of(shell: Any) -> Kernel:
+    kernel: Kernel = shell.kernel
+    return kernel
 
 
 def _split_cancelled(

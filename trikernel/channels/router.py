@@ -63,7 +63,7 @@ async def _send_outbox(sock: FrameSocket, session: Session, outbox: Outbox, chan
             try:
                 frames = session.pack(item)
             except (TypeError, ValueError) as exc:
-                log.error("%s: could not send %s: %s", channel, item.msg_type, exc)
+                log.exception("%s: could not send %s: %s", channel, item.msg_type, exc)
                 continue
             await sock.send(frames)
 

@@ -14,10 +14,10 @@ Invariants:
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import attrs
 import trio
@@ -56,8 +56,8 @@ class FrameSocket:
             return self.socket.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             pass
-        frames: list[bytes] = await _wait(self.socket.arecv_multipart())
-        return frames
+        # copy=True (the default) means bytes, not zmq.Frame.
+        return cast("list[bytes]", await _wait(self.socket.arecv_multipart()))
 
     def recv_nowait(self) -> list[bytes] | None:
         """Receive one multipart message if one is waiting, else None."""
@@ -100,7 +100,7 @@ def bind(sock: zmq.Socket[bytes], conn: ConnectionInfo, channel: Channel) -> int
         return port
     if port == 0:
         port = 1
-        while os.path.exists(f"{conn.ip}-{port}"):
+        while Path(f"{conn.ip}-{port}").exists():
             port += 1
     sock.bind(conn.url(channel, port))
     return port

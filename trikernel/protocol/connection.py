@@ -65,7 +65,8 @@ class ConnectionInfo:
 
     def with_ports(self, ports: Mapping[Channel, int]) -> ConnectionInfo:
         """A copy with the given channels' ports."""
-        return attrs.evolve(self, **{f"{ch}_port": p for ch, p in ports.items()})
+        changes: dict[str, Any] = {f"{ch}_port": p for ch, p in ports.items()}
+        return attrs.evolve(self, **changes)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ConnectionInfo:
