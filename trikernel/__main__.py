@@ -28,7 +28,8 @@ def _settings_help() -> str:
     from .settings import setting_paths
 
     return "\n".join(
-        f"  --{path}={getattr(hint, '__name__', str(hint))}" for path, hint in setting_paths().items()
+        f"  --{path}={getattr(hint, '__name__', str(hint))}"
+        for path, hint in setting_paths().items()
     )
 
 

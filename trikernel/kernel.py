@@ -344,7 +344,9 @@ class Kernel:
         if msg.msg_type == "shutdown_request":
             await self._finish_shutdown(channel)
 
-    async def _call(self, handlers: Mapping[str, Handler], msg: Message) -> Mapping[str, Any] | None:
+    async def _call(
+        self, handlers: Mapping[str, Handler], msg: Message
+    ) -> Mapping[str, Any] | None:
         """Run the handler for ``msg``; turn every failure into an error reply's content."""
         handler = handlers.get(msg.msg_type)
         if handler is None:

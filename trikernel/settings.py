@@ -113,9 +113,9 @@ def _convert(key: str, hint: Any, value: object) -> object:
     """Convert ``value`` (a string from a command line, or already typed) to ``hint``."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in {"none", ""}):
-            if type(None) in args:
-                return None
+        empty = value is None or (isinstance(value, str) and value.lower() in {"none", ""})
+        if empty and type(None) in args:
+            return None
         errors = []
         for arg in args:
             if arg is type(None):
@@ -146,9 +146,8 @@ def _convert(key: str, hint: Any, value: object) -> object:
                 return float(value)
             except ValueError:
                 pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
+    elif hint is str and isinstance(value, str):
+        return value
     name = getattr(hint, "__name__", str(hint))
     raise SettingsError(f"setting {key!r} takes a {name}, got {value!r}")
 

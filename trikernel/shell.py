@@ -202,8 +202,13 @@ class TrikernelShell(InteractiveShell):
                     self.showtraceback(exception_only=True)
                     print("To exit: use 'exit', 'quit', or Ctrl-D.", file=sys.stderr)
                 else:
+                    # Start the traceback below this frame: IPython 9 would otherwise report it
+                    # as "[... skipping hidden 1 frame]"; IPython 8 honours tb_offset=0 alike.
+                    tb = rest.__traceback__
                     self.showtraceback(
-                        (type(rest), rest, rest.__traceback__), running_compiled_code=True
+                        (type(rest), rest, tb.tb_next if tb is not None else None),
+                        tb_offset=0,
+                        running_compiled_code=True,
                     )
             elif result is not None:
                 result.error_in_exec = KeyboardInterrupt()
@@ -224,7 +229,9 @@ class TrikernelShell(InteractiveShell):
 
     # -- output ------------------------------------------------------------------------------
 
-    def _showtraceback(self, etype: type[BaseException], evalue: BaseException, stb: list[str]) -> None:
+    def _showtraceback(
+        self, etype: type[BaseException], evalue: BaseException, stb: list[str]
+    ) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         self.last_error = {
@@ -245,9 +252,7 @@ class TrikernelShell(InteractiveShell):
         return result
 
     def set_next_input(self, text: str, replace: bool = False) -> None:
-        self._payloads.write_payload(
-            {"source": "set_next_input", "text": text, "replace": replace}
-        )
+        self._payloads.write_payload({"source": "set_next_input", "text": text, "replace": replace})
 
     def ask_exit(self) -> None:
         self.exit_now = True
@@ -303,17 +308,23 @@ class TrikernelShell(InteractiveShell):
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ValueError("'n' must be a non-negative integer")
         if access == "tail":
-            entries = hm.get_tail(n if n is not None else 10, raw=raw, output=output, include_latest=True)
+            entries = hm.get_tail(
+                n if n is not None else 10, raw=raw, output=output, include_latest=True
+            )
         elif access == "range":
             session = int(content.get("session", 0))
             start = int(content.get("start", 0))
             stop = content.get("stop")
-            entries = hm.get_range(session, start, int(stop) if stop is not None else None, raw=raw, output=output)
+            entries = hm.get_range(
+                session, start, int(stop) if stop is not None else None, raw=raw, output=output
+            )
         elif access == "search":
             pattern = content.get("pattern", "*")
             if not isinstance(pattern, str):
                 raise ValueError("'pattern' must be a string")
-            entries = hm.search(pattern, raw=raw, output=output, n=n, unique=bool(content.get("unique", False)))
+            entries = hm.search(
+                pattern, raw=raw, output=output, n=n, unique=bool(content.get("unique", False))
+            )
         else:
             raise ValueError(f"unknown hist_access_type {access!r}")
         # IPython numbers the current session 0 in some answers and by its number in others;
@@ -337,9 +348,7 @@ class TrikernelShell(InteractiveShell):
         for p in payloads:
             if p.get("source") == "set_next_input":
                 last_next_input = p
-        return [
-            p for p in payloads if p.get("source") != "set_next_input" or p is last_next_input
-        ]
+        return [p for p in payloads if p.get("source") != "set_next_input" or p is last_next_input]
 
 
 def _kernel_of(shell: Any) -> Kernel:

@@ -137,4 +137,6 @@ def outputs(msgs: list[Msg], *types: str) -> list[Msg]:
 
 
 def stream_text(msgs: list[Msg], name: str = "stdout") -> str:
-    return "".join(m["content"]["text"] for m in outputs(msgs, "stream") if m["content"]["name"] == name)
+    return "".join(
+        m["content"]["text"] for m in outputs(msgs, "stream") if m["content"]["name"] == name
+    )

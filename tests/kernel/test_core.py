@@ -30,10 +30,16 @@ def test_one_plus_one(kernel: Kernel) -> None:
 
 def test_messages_of_a_cell_in_order(kernel: Kernel) -> None:
     code = "print('a'); from IPython.display import display; display('d'); print('b'); 'r'"
-    reply, msgs = kernel.execute(code)
+    _, msgs = kernel.execute(code)
     types = [m["msg_type"] for m in msgs]
     assert types == [
-        "status", "execute_input", "stream", "display_data", "stream", "execute_result", "status",
+        "status",
+        "execute_input",
+        "stream",
+        "display_data",
+        "stream",
+        "execute_result",
+        "status",
     ]
     assert msgs[0]["content"]["execution_state"] == "busy"
     assert msgs[1]["content"]["code"] == code
@@ -52,7 +58,7 @@ def test_error_reply_and_message(kernel: Kernel) -> None:
 
 def test_silent_cell_has_no_input_message_and_no_count(kernel: Kernel) -> None:
     before, _ = kernel.execute("pass")
-    reply, msgs = kernel.execute("x_silent = 5", silent=True)
+    _, msgs = kernel.execute("x_silent = 5", silent=True)
     assert outputs(msgs, "execute_input") == []
     after, _ = kernel.execute("x_silent")
     assert after["content"]["execution_count"] == before["content"]["execution_count"] + 1
@@ -71,7 +77,9 @@ def test_stop_on_error_aborts_queued_cells(kernel: Kernel) -> None:
     assert kernel.reply(first)["content"]["status"] == "error"
     for msg_id in queued:
         assert kernel.reply(msg_id)["content"]["status"] == "aborted"
-        statuses = [m["content"]["execution_state"] for m in outputs(kernel.until_idle(msg_id), "status")]
+        statuses = [
+            m["content"]["execution_state"] for m in outputs(kernel.until_idle(msg_id), "status")
+        ]
         assert statuses == ["busy", "idle"]
     reply, _ = kernel.execute("1+1")
     assert reply["content"]["status"] == "ok"
@@ -139,7 +147,9 @@ def test_kernel_info_on_control_has_busy_idle(kernel: Kernel) -> None:
     reply = kernel.reply(msg_id, "control")
     assert reply["content"]["implementation"] == "trikernel"
     assert reply["content"]["language_info"]["name"] == "python"
-    statuses = [m["content"]["execution_state"] for m in outputs(kernel.until_idle(msg_id), "status")]
+    statuses = [
+        m["content"]["execution_state"] for m in outputs(kernel.until_idle(msg_id), "status")
+    ]
     assert statuses == ["busy", "idle"]
 
 
@@ -164,7 +174,9 @@ def _heartbeat_answers(kernel: Kernel) -> bool:
 
 
 @pytest.mark.parametrize(
-    "code", ["import time; time.sleep(30)", GIL_HOLDING, "while True: pass"], ids=["sleep", "gil", "busy"]
+    "code",
+    ["import time; time.sleep(30)", GIL_HOLDING, "while True: pass"],
+    ids=["sleep", "gil", "busy"],
 )
 def test_control_and_heartbeat_answer_while_cell_blocks(kernel: Kernel, code: str) -> None:
     msg_id = kernel.kc.execute(code)
@@ -184,17 +196,14 @@ def test_control_and_heartbeat_answer_while_cell_blocks(kernel: Kernel, code: st
     kernel.until_idle(msg_id)
     assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
     # Answered while the cell blocked (the cell only ended after the interrupt).
-    print(f"control latencies while blocked ({code!r}): {[round(x * 1000, 1) for x in latencies]} ms")
+    print(
+        f"control latencies while blocked ({code!r}): {[round(x * 1000, 1) for x in latencies]} ms"
+    )
 
 
 def test_interrupt_awaiting_cell_runs_finally(kernel: Kernel) -> None:
     code = (
-        "import trio\n"
-        "cleaned = False\n"
-        "try:\n"
-        "    await trio.sleep(30)\n"
-        "finally:\n"
-        "    cleaned = True"
+        "import trio\ncleaned = False\ntry:\n    await trio.sleep(30)\nfinally:\n    cleaned = True"
     )
     msg_id = kernel.kc.execute(code)
     kernel.started(msg_id)
@@ -256,7 +265,8 @@ def test_missing_connection_file_is_created(tmp_path: Path) -> None:
             except (FileNotFoundError, json.JSONDecodeError):
                 time.sleep(0.05)  # polling a file the kernel writes; no message to wait on
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert info["ip"] == "127.0.0.1" and info["key"]
+        assert info["ip"] == "127.0.0.1"
+        assert info["key"]
         kc = BlockingKernelClient(connection_file=str(path))
         kc.load_connection_file()
         kc.start_channels()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import sys
 from collections.abc import Callable
 from typing import Any
 

@@ -56,7 +56,9 @@ async def serve_heartbeat(
 
     task_status.started(port)
     try:
-        await run_sync_in_thread(proxy, "trikernel-heartbeat", stop=lambda: steer_out.send(b"TERMINATE"))
+        await run_sync_in_thread(
+            proxy, "trikernel-heartbeat", stop=lambda: steer_out.send(b"TERMINATE")
+        )
     finally:
         steer_out.close(linger=0)
     raise RuntimeError("the heartbeat proxy stopped on its own")

@@ -194,7 +194,5 @@ async def _welcome_subscribers(sock: FrameSocket, session: Session, queue: IOPub
         if event[:1] == b"\x01":
             topic = event[1:].decode("utf-8", "replace")
             queue.publish(
-                session.msg(
-                    "iopub_welcome", {"subscription": topic}, identities=[b"iopub_welcome"]
-                )
+                session.msg("iopub_welcome", {"subscription": topic}, identities=[b"iopub_welcome"])
             )

@@ -62,8 +62,8 @@ async def _send_outbox(sock: FrameSocket, session: Session, outbox: Outbox, chan
                 continue
             try:
                 frames = session.pack(item)
-            except (TypeError, ValueError) as exc:
-                log.exception("%s: could not send %s: %s", channel, item.msg_type, exc)
+            except (TypeError, ValueError):
+                log.exception("%s: could not send %s", channel, item.msg_type)
                 continue
             await sock.send(frames)
 

@@ -14,9 +14,9 @@ Invariants:
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar, cast
 
 import attrs
