@@ -14,6 +14,7 @@ from .kernelspec import make_argv as make_argv
 from .kernelspec import write_kernel_spec as write_kernel_spec
 from .settings import KernelSettings as KernelSettings
 from .settings import SettingsError as SettingsError
+from .tasks import background as background
 
 __all__ = [
     "Kernel",
@@ -21,6 +22,7 @@ __all__ = [
     "RequestError",
     "SettingsError",
     "__version__",
+    "background",
     "get_kernel_dir",
     "make_argv",
     "write_kernel_spec",

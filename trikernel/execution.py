@@ -45,7 +45,7 @@ from types import FrameType
 import attrs
 import trio
 
-__all__ = ["CancelReason", "UserCode"]
+__all__ = ["CancelReason", "Run", "UserCode"]
 
 #: Why a request's scope was cancelled; the reply names it.
 CancelReason = str
@@ -54,10 +54,17 @@ _GIL_YIELD_INTERVAL = 0.005
 
 
 @attrs.define(eq=False)
-class _Running:
+class Run:
+    """One request's user code while it runs."""
+
     scope: trio.CancelScope
     task: trio.lowlevel.Task
+    timeout: float | None = None
     reason: CancelReason | None = None
+    """Why it was stopped: "interrupt", "shutdown", "timeout"; None while it was not."""
+    active: bool = True
+    watchdog: trio.CancelScope | None = None
+    """The io loop's deadline watch for this run, if it has a timeout."""
 
 
 @attrs.define(eq=False)
@@ -69,7 +76,7 @@ class UserCode(trio.abc.Instrument):
     """
 
     token: trio.lowlevel.TrioToken
-    _running: list[_Running] = attrs.field(init=False, factory=list)
+    _running: list[Run] = attrs.field(init=False, factory=list)
     # Interrupt bookkeeping: numbers only grow. The io loop writes _requested; the main thread
     # writes the other two. An interrupt n is pending while _handled < n and code runs.
     _requested: int = attrs.field(init=False, default=0)
@@ -102,24 +109,28 @@ class UserCode(trio.abc.Instrument):
     # -- requests ----------------------------------------------------------------------------
 
     @contextmanager
-    def running(self, *, deadline: float = float("inf")) -> Iterator[_Running]:
+    def running(
+        self, *, deadline: float = float("inf"), timeout: float | None = None
+    ) -> Iterator[Run]:
         """Run the body as a request's user code, in a cancel scope of its own.
 
         Args:
             deadline: trio deadline for the scope (``%%timeout``, ``shell.timeout``).
+            timeout: the seconds that deadline stands for, to name it in errors.
 
         Yields:
             The record of this run: ``.scope`` is its cancel scope; ``.reason`` says why it
             was cancelled (``"interrupt"``, ``"shutdown"``), None while it was not.
         """
         with trio.CancelScope(deadline=deadline) as scope:
-            run = _Running(scope, trio.lowlevel.current_task())
+            run = Run(scope, trio.lowlevel.current_task(), timeout)
             self._running.append(run)
             if len(self._running) == 1:
                 signal.setitimer(signal.ITIMER_VIRTUAL, _GIL_YIELD_INTERVAL, _GIL_YIELD_INTERVAL)
             try:
                 yield run
             finally:
+                run.active = False
                 self._running.remove(run)
                 if not self._running:
                     signal.setitimer(signal.ITIMER_VIRTUAL, 0)
@@ -177,8 +188,11 @@ class UserCode(trio.abc.Instrument):
                 task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
             except RuntimeError:
                 task = None
-            if task is not None and self._owns(task):
+            run = self._owner(task) if task is not None else None
+            if run is not None:
                 self._handled = number
+                if run.reason == "timeout":
+                    raise TimeoutError(f"the cell ran past its {run.timeout:g} s deadline")
                 raise KeyboardInterrupt
         self.token.run_sync_soon(self._cancel_for_interrupt, number)
 
@@ -191,16 +205,16 @@ class UserCode(trio.abc.Instrument):
         if self._cancelled_upto > self._handled:
             self._handled = self._cancelled_upto
 
-    def _owns(self, task: trio.lowlevel.Task) -> bool:
-        """Whether ``task`` is a running request's task or was spawned inside one."""
-        roots = {run.task for run in self._running}
+    def _owner(self, task: trio.lowlevel.Task) -> Run | None:
+        """The running request whose task is ``task`` or spawned it (through nurseries)."""
+        roots = {run.task: run for run in self._running}
         current: trio.lowlevel.Task | None = task
         while current is not None:
             if current in roots:
-                return True
+                return roots[current]
             nursery = current.parent_nursery
             current = nursery.parent_task if nursery is not None else None
-        return False
+        return None
 
     @staticmethod
     def _on_cpu_tick(signum: int, frame: FrameType | None) -> None:

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import platform
+import re
 import sys
 import threading
 import time
@@ -50,13 +51,14 @@ from .channels import (
     serve_shell,
     serve_stdin,
 )
-from .execution import UserCode
+from .execution import Run, UserCode
 from .handoff import Mailbox, run_loop_in_thread
 from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
 from .settings import KernelSettings
 from .streams import OutStream
+from .tasks import BackgroundTasks, background
 
-__all__ = ["Kernel", "RequestError", "current_request"]
+__all__ = ["Kernel", "RequestError", "current_cell", "current_request"]
 
 log = logging.getLogger("trikernel")
 
@@ -64,6 +66,13 @@ log = logging.getLogger("trikernel")
 current_request: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
     "trikernel_current_request", default=None
 )
+#: The execution count of the cell running in this context, if one is.
+current_cell: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "trikernel_current_cell", default=None
+)
+
+# `%%timeout SECONDS` as a cell's first line: the rest of the cell runs under that deadline.
+_TIMEOUT_MAGIC = re.compile(r"\A%%timeout[ \t]+(?P<seconds>\S+)[ \t]*(?:\n|\Z)")
 
 Handler = Callable[[Message], Awaitable[Mapping[str, Any] | None]]
 
@@ -225,6 +234,7 @@ class Kernel:
         stderr_fd = _fileno(sys.__stderr__)
         sys.stdout = OutStream("stdout", self._iopub, self.parent, stdout_fd)
         sys.stderr = OutStream("stderr", self._iopub, self.parent, stderr_fd)
+        _attribute_threads()
 
     async def _serve_main(self) -> None:
         self._main_token = trio.lowlevel.current_trio_token()
@@ -243,6 +253,9 @@ class Kernel:
                 from .shell import make_shell
 
                 self.shell = make_shell(self, history=self.settings.shell.history)
+                self.background = BackgroundTasks(self)
+                await nursery.start(self.background.serve)
+                background.tasks = self.background
                 await nursery.start(self._serve_shell_requests)
                 log.info("trikernel %s ready: %s", __version__, self._ports)
                 await self._shutdown_requested.wait()
@@ -259,9 +272,12 @@ class Kernel:
 
     async def _stop_user_code(self) -> None:
         """Cancel running cells (main loop), then let their output reach the queue."""
+        grace = self.settings.shutdown.grace
         self._user.cancel_all("shutdown")
-        with trio.move_on_after(self.settings.shutdown.grace):
+        with trio.move_on_after(grace):
             await self._user.wait_idle()
+        await self.background.aclose(grace)
+        background.tasks = None
         sys.stdout.flush()
         sys.stderr.flush()
 
@@ -422,26 +438,52 @@ class Kernel:
         if not silent:
             self.publish("execute_input", {"code": code, "execution_count": shell.execution_count})
         timeout = self.settings.shell.timeout
+        source = code
+        magic = _TIMEOUT_MAGIC.match(code)
+        if magic is not None:
+            try:
+                timeout = _parse_timeout(magic["seconds"])
+            except ValueError as exc:
+                error = {
+                    "ename": "UsageError",
+                    "evalue": str(exc),
+                    "traceback": [f"UsageError: {exc}"],
+                }
+                self.publish("error", error)
+                return {"status": "error", **error, "execution_count": shell.execution_count}
+            source = code[magic.end() :]
         deadline = trio.current_time() + timeout if timeout else math.inf
         cell_id = request.metadata.get("cellId")
         cancelled: BaseException | None = None
-        with self._user.running(deadline=deadline) as run:
-            result, cancelled = await shell.run_cell_trio(
-                code,
-                store_history=store_history,
-                silent=silent,
-                cell_id=cell_id if isinstance(cell_id, str) else None,
-            )
-            if cancelled is not None:
-                # The cell was cancelled: let the cancellation reach the scope that did it.
-                await trio.lowlevel.checkpoint()
+        cell_token = current_cell.set(shell.execution_count)
+        try:
+            with self._user.running(deadline=deadline, timeout=timeout) as run:
+                if timeout:
+                    run.watchdog = trio.CancelScope()
+                    self._io_token.run_sync_soon(self._start_deadline_watch, run, timeout)
+                try:
+                    result, cancelled = await shell.run_cell_trio(
+                        source,
+                        store_history=store_history,
+                        silent=silent,
+                        cell_id=cell_id if isinstance(cell_id, str) else None,
+                        raw_cell=code,
+                    )
+                    if cancelled is not None:
+                        # The cell was cancelled: let the cancellation reach the scope that did.
+                        await trio.lowlevel.checkpoint()
+                finally:
+                    if run.watchdog is not None:
+                        self._io_token.run_sync_soon(run.watchdog.cancel)
+        finally:
+            current_cell.reset(cell_token)
         count = result.execution_count
         if count is None:
             count = shell.execution_count
         reply: dict[str, Any]
         if run.scope.cancelled_caught:
-            if run.reason is None:
-                ename, evalue = "TimeoutError", f"the cell ran past its {timeout:g} s deadline"
+            if run.reason in (None, "timeout"):  # None: the scope's own deadline expired
+                ename, evalue = "TimeoutError", _deadline_message(timeout)
             else:
                 ename, evalue = "KeyboardInterrupt", ""
             error = {
@@ -535,6 +577,24 @@ class Kernel:
     async def comm_close(self, request: Message) -> None:
         """A frontend closes a comm."""
 
+    def _start_deadline_watch(self, run: Run, timeout: float) -> None:
+        """IO loop: if the cell still runs past its deadline, interrupt it as a timeout.
+
+        The cell's scope has the deadline too, so a cell that awaits is cancelled by the main
+        loop on time; this covers a cell that blocks the main thread, whose loop cannot.
+        """
+        scope = run.watchdog
+        assert scope is not None
+
+        async def watch() -> None:
+            with scope:
+                await trio.sleep(timeout)
+                if run.active and run.reason is None:
+                    run.reason = "timeout"
+                    await self._user.wait_interrupted()
+
+        self._io_nursery.start_soon(watch)
+
     # -- handlers: control (io loop) ---------------------------------------------------------
 
     async def interrupt_request(self, request: Message) -> Mapping[str, Any]:
@@ -602,6 +662,49 @@ class Kernel:
             self._pending_input = None
         value = reply.content.get("value", "")
         return value if isinstance(value, str) else str(value)
+
+
+def _parse_timeout(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"%%timeout takes a positive number of seconds, got {text!r}")
+    return seconds
+
+
+def _deadline_message(timeout: float | None) -> str:
+    return f"the cell ran past its {timeout:g} s deadline" if timeout else "the cell timed out"
+
+
+def _attribute_threads() -> None:
+    """Make output of a thread started in a cell go to that cell, not to the latest one.
+
+    ``threading.Thread`` starts with an empty context (before Python 3.14), so the thread's
+    writes would carry no request. Only the kernel's own context variables are carried over,
+    not the whole context: a thread must not believe it runs inside trio (sniffio reads a
+    context variable too).
+    """
+    if getattr(threading.Thread.start, "_trikernel", False):
+        return
+    original_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        request, cell = current_request.get(), current_cell.get()
+        if request is not None:
+            run = self.run
+
+            def run_in_cell() -> None:
+                current_request.set(request)
+                current_cell.set(cell)
+                run()
+
+            self.run = run_in_cell  # type: ignore[method-assign]
+        original_start(self)
+
+    start._trikernel = True  # type: ignore[attr-defined]
+    threading.Thread.start = start  # type: ignore[method-assign]
 
 
 def _fileno(stream: Any) -> int | None:

@@ -18,6 +18,7 @@ kernel in four places:
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from collections.abc import Mapping
 from types import CodeType
@@ -29,7 +30,7 @@ from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
-from IPython.core.error import StdinNotImplementedError
+from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from IPython.utils.tokenutil import token_at_cursor
 from traitlets import Any as AnyTrait
@@ -119,6 +120,8 @@ class TrikernelShell(InteractiveShell):
         self.set_hook("show_in_pager", page.as_hook(payloadpage.page), 99)
         # Top-level await always means the kernel's trio loop (run_cell_trio awaits it there).
         self.autoawait = True
+        for kind, name, fn in _magics(kernel_of=lambda: _kernel_of(self)):
+            self.register_magic_function(fn, kind, name)
 
     def init_io(self) -> None:
         # The kernel installs its own sys.stdout / sys.stderr; IPython must not replace them.
@@ -132,9 +135,23 @@ class TrikernelShell(InteractiveShell):
     # -- running cells -----------------------------------------------------------------------
 
     async def run_cell_trio(
-        self, raw_cell: str, *, store_history: bool, silent: bool, cell_id: str | None = None
+        self,
+        source: str,
+        *,
+        store_history: bool,
+        silent: bool,
+        cell_id: str | None = None,
+        raw_cell: str | None = None,
     ) -> tuple[ExecutionResult, BaseException | None]:
         """Run a cell on the current trio loop; the trio twin of ``run_cell``.
+
+        Args:
+            source: the code to run.
+            store_history: record it in IPython's history.
+            silent: no displayhook output, no history, no events a frontend would see.
+            cell_id: the notebook cell's id, if the frontend sent one.
+            raw_cell: the cell as typed, for history, if it differs from ``source`` (a
+                ``%%timeout`` line the kernel handled).
 
         Returns:
             IPython's result, and the cancellation that stopped the cell, if one did. The
@@ -143,11 +160,12 @@ class TrikernelShell(InteractiveShell):
         """
         self._cancelled = None
         self.last_error = None
+        raw_cell = source if raw_cell is None else raw_cell
         preprocessing_exc_tuple = None
         try:
-            transformed = self.transform_cell(raw_cell)
+            transformed = self.transform_cell(source)
         except Exception:
-            transformed = raw_cell
+            transformed = source
             preprocessing_exc_tuple = sys.exc_info()
         kwargs: dict[str, Any] = {}
         if cell_id is not None:
@@ -196,6 +214,7 @@ class TrikernelShell(InteractiveShell):
                 # run_ast_nodes ends in a bare except too.
                 self._cancelled = cancelled
             if rest is not None:
+                _add_trio_hint(rest)
                 if result is not None:
                     result.error_in_exec = rest
                 if isinstance(rest, SystemExit):
@@ -215,6 +234,16 @@ class TrikernelShell(InteractiveShell):
             return True
         return False
 
+    def format_exception(self, exc: BaseException) -> dict[str, Any]:
+        """``error`` content for an exception raised outside a cell (a background task)."""
+        try:
+            stb: list[str] = self.InteractiveTB.structured_traceback(
+                type(exc), exc, exc.__traceback__
+            )
+        except Exception:
+            stb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": stb}
+
     def format_cancellation(self, exc: BaseException, ename: str, evalue: str) -> list[str]:
         """A traceback showing where a cancelled cell was, titled ``ename: evalue``."""
         try:
@@ -229,9 +258,7 @@ class TrikernelShell(InteractiveShell):
 
     # -- output ------------------------------------------------------------------------------
 
-    def _showtraceback(
-        self, etype: type[BaseException], evalue: BaseException, stb: list[str]
-    ) -> None:
+    def _showtraceback(self, etype: type[BaseException], evalue: BaseException, stb: Any) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         self.last_error = {
@@ -349,6 +376,108 @@ class TrikernelShell(InteractiveShell):
             if p.get("source") == "set_next_input":
                 last_next_input = p
         return [p for p in payloads if p.get("source") != "set_next_input" or p is last_next_input]
+
+
+# Errors that mean "this code assumes another loop than the kernel's trio loop".
+_TRIO_HINTS = (
+    (
+        "Attempted to call run() from inside a run()",
+        (
+            "trikernel: this cell already runs on the kernel's trio loop; "
+            "use `await f()` instead of `trio.run(f)`."
+        ),
+    ),
+    (
+        "no running event loop",
+        (
+            "trikernel: the kernel's loop is trio, not asyncio; use trio or anyio APIs "
+            "(asyncio-only libraries need a bridge such as trio-asyncio)."
+        ),
+    ),
+    (
+        "received unrecognized yield message",
+        (
+            "trikernel: the kernel's loop is trio, not asyncio; use trio or anyio APIs "
+            "(asyncio-only libraries need a bridge such as trio-asyncio)."
+        ),
+    ),
+    (
+        "this thread wasn't created by Trio",
+        (
+            "trikernel: trio.from_thread.* is for other threads; this cell runs on the trio "
+            "loop's thread, so `await` the function directly."
+        ),
+    ),
+)
+
+
+def _add_trio_hint(exc: BaseException) -> None:
+    """Append what to do instead to the message of a known trio trap (in place)."""
+    if not exc.args or not isinstance(exc.args[0], str):
+        return
+    for needle, hint in _TRIO_HINTS:
+        if needle in exc.args[0] and hint not in exc.args[0]:
+            exc.args = (f"{exc.args[0]}\n{hint}", *exc.args[1:])
+            return
+
+
+def _magics(kernel_of: Any) -> list[tuple[str, str, Any]]:
+    """The kernel's own magics: (kind, name, function)."""
+
+    def autoawait(line: str) -> None:
+        """Show the async runner: always trio, the kernel's own loop (it cannot be changed)."""
+        arg = line.strip().lower()
+        if arg in ("", "trio", "true", "on", "1"):
+            print("autoawait is on, on the kernel's own trio loop (trikernel)")
+            return
+        raise UsageError(
+            f"trikernel runs every cell on its own trio loop; %autoawait {line.strip()} "
+            "cannot switch to another runner or turn top-level await off"
+        )
+
+    def tasks(line: str) -> None:
+        """List the background tasks started with trikernel.background.start_soon."""
+        rows = [
+            (
+                t.name,
+                t.state,
+                "-" if t.cell is None else str(t.cell),
+                f"{time.monotonic() - t.started:.1f} s",
+            )
+            for t in kernel_of().background
+        ]
+        if not rows:
+            print("no background tasks")
+            return
+        header = ("name", "state", "cell", "age")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        for row in [header, *rows]:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+    def cancel(line: str) -> None:
+        """%cancel NAME: cancel the background task called NAME."""
+        name = line.strip()
+        background = kernel_of().background
+        try:
+            background.cancel(name)
+        except KeyError:
+            known = ", ".join(t.name for t in background) or "none"
+            raise UsageError(f"no background task {name!r}; tasks: {known}") from None
+        print(f"cancelled background task {name!r}")
+
+    def timeout(line: str, cell: str) -> None:
+        """%%timeout SECONDS: run the cell under a deadline (the cell's first line only)."""
+        raise UsageError(
+            "%%timeout must be the very first line of the cell: the kernel applies it to the "
+            "whole cell before it runs"
+        )
+
+    return [
+        ("line", "autoawait", autoawait),
+        ("line", "tasks", tasks),
+        ("line", "cancel", cancel),
+        ("cell", "timeout", timeout),
+    ]
 
 
 def _kernel_of(shell: Any) -> Kernel:

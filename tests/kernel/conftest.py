@@ -56,6 +56,18 @@ class Kernel:
             if predicate(msg):
                 return seen
 
+    def collect(self, done: Any, timeout: float = TIMEOUT) -> list[Msg]:
+        """Every iopub message, of any request, until ``done(messages so far)`` is true."""
+        deadline = time.monotonic() + timeout
+        seen: list[Msg] = []
+        while not done(seen):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                types = [m["msg_type"] for m in seen]
+                raise AssertionError(f"iopub: condition not met within {timeout} s; saw {types}")
+            seen.append(self.kc.get_iopub_msg(timeout=remaining))
+        return seen
+
     def until_idle(self, msg_id: str, timeout: float = TIMEOUT) -> list[Msg]:
         """iopub messages of ``msg_id`` through its ``idle`` status."""
         return self.iopub_until(
