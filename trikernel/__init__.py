@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .kernel import Kernel as Kernel
 from .kernel import RequestError as RequestError
+from .kernel import ainput as ainput
 from .kernelspec import get_kernel_dir as get_kernel_dir
 from .kernelspec import make_argv as make_argv
 from .kernelspec import write_kernel_spec as write_kernel_spec
@@ -22,6 +23,7 @@ __all__ = [
     "RequestError",
     "SettingsError",
     "__version__",
+    "ainput",
     "background",
     "get_kernel_dir",
     "make_argv",

@@ -38,19 +38,22 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
-__all__ = ["CancelReason", "Run", "UserCode"]
+__all__ = ["CancelReason", "Run", "UserCode", "call_user_code"]
 
 #: Why a request's scope was cancelled; the reply names it.
 CancelReason = str
 
 _GIL_YIELD_INTERVAL = 0.005
+
+T = TypeVar("T")
 
 
 @attrs.define(eq=False)
@@ -220,3 +223,13 @@ class UserCode(trio.abc.Instrument):
     def _on_cpu_tick(signum: int, frame: FrameType | None) -> None:
         # Releases the GIL for a moment: see the module docstring.
         time.sleep(0)
+
+
+@trio.lowlevel.disable_ki_protection
+def call_user_code(fn: Callable[..., T], *args: Any) -> T:
+    """Call a user callback (a comm handler) where an interrupt may raise KeyboardInterrupt.
+
+    The kernel's request runners are KI-protected; user code they call must not be, or an
+    interrupt could never stop a busy callback.
+    """
+    return fn(*args)

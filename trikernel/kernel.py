@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 import attrs
+import greenback
 import trio
 import zmq
 
@@ -51,14 +52,15 @@ from .channels import (
     serve_shell,
     serve_stdin,
 )
-from .execution import Run, UserCode
+from .comms import install_comms, message_dict
+from .execution import Run, UserCode, call_user_code
 from .handoff import Mailbox, run_loop_in_thread
 from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
 from .settings import KernelSettings
-from .streams import OutStream
+from .streams import FdCapture, OutStream
 from .tasks import BackgroundTasks, background
 
-__all__ = ["Kernel", "RequestError", "current_cell", "current_request"]
+__all__ = ["Kernel", "RequestError", "ainput", "current_cell", "current_request"]
 
 log = logging.getLogger("trikernel")
 
@@ -159,8 +161,9 @@ class Kernel:
             )
         }
         self._last_parent: Message | None = None
+        self._fd_captures: list[FdCapture] = []
         self._abort_before = -math.inf
-        self._pending_input: tuple[str, Future[Message]] | None = None
+        self._pending_input: tuple[str, Callable[[Message], None]] | None = None
         self._ports: dict[Channel, int] = {}
         self._restart = False
         # Set once the loops run:
@@ -222,6 +225,8 @@ class Kernel:
 
     def run(self) -> None:
         """Serve until shut down. Blocks; call on the main thread."""
+        # Figures appear in the cell that draws them, as in every Jupyter Python kernel.
+        os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         saved = sys.stdout, sys.stderr
         try:
             trio.run(self._serve_main)
@@ -229,12 +234,25 @@ class Kernel:
             sys.stdout, sys.stderr = saved
 
     def _install_io(self) -> None:
-        """Route sys.stdout / sys.stderr / input() to the frontend (main loop, once)."""
-        stdout_fd = _fileno(sys.__stdout__)
-        stderr_fd = _fileno(sys.__stderr__)
-        sys.stdout = OutStream("stdout", self._iopub, self.parent, stdout_fd)
-        sys.stderr = OutStream("stderr", self._iopub, self.parent, stderr_fd)
+        """Route stdout and stderr, Python's and the file descriptors', to the frontend."""
+        sys.stdout = OutStream("stdout", self._iopub, self.parent, 1)
+        sys.stderr = OutStream("stderr", self._iopub, self.parent, 2)
         _attribute_threads()
+        # The kernel's own log keeps going to the terminal that started it, not to a cell.
+        log_stream = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8")
+        for handler in logging.getLogger("trikernel").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(log_stream)
+        self._fd_captures = [
+            FdCapture(1, "stdout", self._iopub, self.parent),
+            FdCapture(2, "stderr", self._iopub, self.parent),
+        ]
+        for capture in self._fd_captures:
+            self._io_token.run_sync_soon(self._io_nursery.start_soon, capture.serve)
+
+    def _drain_fds(self) -> None:
+        for capture in self._fd_captures:
+            capture.drain()
 
     async def _serve_main(self) -> None:
         self._main_token = trio.lowlevel.current_trio_token()
@@ -253,6 +271,7 @@ class Kernel:
                 from .shell import make_shell
 
                 self.shell = make_shell(self, history=self.settings.shell.history)
+                self.comm_manager = install_comms(self)
                 self.background = BackgroundTasks(self)
                 await nursery.start(self.background.serve)
                 background.tasks = self.background
@@ -265,6 +284,8 @@ class Kernel:
                     await self._io_finished.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            for capture in self._fd_captures:
+                capture.restore()
             self._user.uninstall()
             shell = getattr(self, "shell", None)
             if shell is not None:
@@ -278,6 +299,7 @@ class Kernel:
             await self._user.wait_idle()
         await self.background.aclose(grace)
         background.tasks = None
+        self._drain_fds()
         sys.stdout.flush()
         sys.stderr.flush()
 
@@ -347,8 +369,8 @@ class Kernel:
         if pending is None or (parent_id is not None and parent_id != pending[0]):
             log.warning("stdin: an input_reply matches no pending input_request; ignored")
             return
-        if not pending[1].done():
-            pending[1].set_result(msg)
+        self._pending_input = None
+        pending[1](msg)
 
     async def _run_io_request(self, channel: Channel, msg: Message) -> None:
         """Handle a control request (or interrupt/shutdown sent on shell) in the io loop."""
@@ -400,6 +422,9 @@ class Kernel:
         raise AssertionError("unreachable")
 
     async def _run_in_order(self, receive: trio.MemoryReceiveChannel[_Incoming]) -> None:
+        # A portal lets sync code in a cell (input()) await on this loop: while a cell waits
+        # for input, background tasks and comm handlers keep running. Once per task.
+        await greenback.ensure_portal()
         async for incoming in receive:
             await self._run_shell_request(incoming)
 
@@ -418,6 +443,8 @@ class Kernel:
             current_request.reset(token)
         if content is not None and msg.msg_type.endswith("_request"):
             self._reply("shell", msg, content)
+        # Text the request wrote at the file-descriptor level belongs before its idle.
+        self._drain_fds()
         self._status("idle", msg)
 
     # -- handlers: shell ---------------------------------------------------------------------
@@ -565,17 +592,36 @@ class Kernel:
 
     async def comm_info_request(self, request: Message) -> Mapping[str, Any]:
         """Open comms, optionally of one target (spec: "Comm info")."""
-        return {"status": "ok", "comms": {}}
+        target = request.content.get("target_name")
+        comms = {
+            comm_id: {"target_name": c.target_name}
+            for comm_id, c in self.comm_manager.comms.items()
+            if target is None or c.target_name == target
+        }
+        return {"status": "ok", "comms": comms}
 
     async def comm_open(self, request: Message) -> None:
-        """A frontend opens a comm."""
-        log.info("comm_open for target %r: no comm targets yet", request.content.get("target_name"))
+        """A frontend opens a comm: the target registered for its name gets it."""
+        self._comm_call(self.comm_manager.comm_open, request)
 
     async def comm_msg(self, request: Message) -> None:
-        """A frontend sends a comm message."""
+        """A frontend sends a comm message: the comm's ``on_msg`` callback gets it."""
+        self._comm_call(self.comm_manager.comm_msg, request)
 
     async def comm_close(self, request: Message) -> None:
-        """A frontend closes a comm."""
+        """A frontend closes a comm: its ``on_close`` callback gets it."""
+        self._comm_call(self.comm_manager.comm_close, request)
+
+    def _comm_call(
+        self, handle: Callable[[Any, Any, dict[str, Any]], None], request: Message
+    ) -> None:
+        if not isinstance(request.content.get("comm_id"), str):
+            raise RequestError(f"{request.msg_type} needs a string 'comm_id'")
+        with self._user.running():
+            try:
+                call_user_code(handle, None, None, message_dict(request))
+            except KeyboardInterrupt:
+                self.shell.showtraceback()
 
     def _start_deadline_watch(self, run: Run, timeout: float) -> None:
         """IO loop: if the cell still runs past its deadline, interrupt it as a timeout.
@@ -641,27 +687,59 @@ class Kernel:
     # -- stdin (main thread, called by input()) ----------------------------------------------
 
     def request_input(self, prompt: str, *, password: bool) -> str | None:
-        """Ask the frontend for a line of input; None if the request does not allow stdin.
+        """Ask the frontend for a line of input (``input()``, ``getpass``); None if the request
+        does not allow stdin.
 
-        Blocks the calling (main) thread; an interrupt raises ``KeyboardInterrupt`` here.
+        In a cell this awaits the reply on the main loop through the cell's greenback portal,
+        so background tasks run meanwhile and an interrupt cancels the wait. Elsewhere (a
+        thread) it blocks the calling thread.
         """
+        if greenback.has_portal():
+            value: str | None = greenback.await_(self.ainput(prompt, password=password))
+            return value
+        request = self._input_request(prompt, password)
+        if request is None:
+            return None
+        waiter: Future[Message] = Future()
+        self._pending_input = (request.msg_id, waiter.set_result)
+        try:
+            self._outboxes["stdin"].put(request)
+            return _input_value(waiter.result())
+        finally:
+            self._pending_input = None
+
+    async def ainput(self, prompt: str = "", *, password: bool = False) -> str | None:
+        """Await a line of input from the frontend on the main loop; None if not allowed.
+
+        Cancellation (an interrupt) abandons the request.
+        """
+        request = self._input_request(prompt, password)
+        if request is None:
+            return None
+        done = trio.Event()
+        replies: list[Message] = []
+
+        def resolve(reply: Message) -> None:  # io loop
+            replies.append(reply)
+            self._main_token.run_sync_soon(done.set)
+
+        self._pending_input = (request.msg_id, resolve)
+        try:
+            self._outboxes["stdin"].put(request)
+            await done.wait()
+        finally:
+            self._pending_input = None
+        return _input_value(replies[0])
+
+    def _input_request(self, prompt: str, password: bool) -> Message | None:
         request = current_request.get()
         if request is None or not request.content.get("allow_stdin", True):
             return None
         sys.stdout.flush()
         sys.stderr.flush()
-        msg = self.session.msg(
+        return self.session.msg(
             "input_request", {"prompt": prompt, "password": password}, parent=request
         )
-        waiter: Future[Message] = Future()
-        self._pending_input = (msg.msg_id, waiter)
-        try:
-            self._outboxes["stdin"].put(msg)
-            reply = waiter.result()
-        finally:
-            self._pending_input = None
-        value = reply.content.get("value", "")
-        return value if isinstance(value, str) else str(value)
 
 
 def _parse_timeout(text: str) -> float:
@@ -707,11 +785,27 @@ def _attribute_threads() -> None:
     threading.Thread.start = start  # type: ignore[method-assign]
 
 
-def _fileno(stream: Any) -> int | None:
-    try:
-        return int(stream.fileno())
-    except (AttributeError, OSError, ValueError):
-        return None
+def _input_value(reply: Message) -> str:
+    value = reply.content.get("value", "")
+    return value if isinstance(value, str) else str(value)
+
+
+async def ainput(prompt: str = "", *, password: bool = False) -> str:
+    """``await trikernel.ainput(prompt)``: ``input()`` for async code in a cell.
+
+    Raises:
+        RuntimeError: no trikernel kernel runs in this process.
+        StdinNotImplementedError: the request does not allow stdin.
+    """
+    tasks = background.tasks
+    if tasks is None:
+        raise RuntimeError("no trikernel kernel runs in this process")
+    value = await tasks.kernel.ainput(prompt, password=password)
+    if value is None:
+        from .shell import stdin_not_allowed
+
+        raise stdin_not_allowed()
+    return value
 
 
 def _error_content(ename: str, evalue: str, tb: str | None = None) -> dict[str, Any]:

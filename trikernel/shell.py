@@ -128,8 +128,12 @@ class TrikernelShell(InteractiveShell):
         pass
 
     def enable_gui(self, gui: str | None = None) -> None:
+        # `%matplotlib inline` asks for "inline": figures become display_data, no loop needed.
+        if gui in (None, "inline"):
+            return
         raise NotImplementedError(
-            "trikernel runs cells on a trio loop; GUI event loop integration is not supported"
+            f"trikernel runs cells on a trio loop; the {gui!r} GUI event loop cannot run beside "
+            "it (use %matplotlib inline, or a web-based widget backend)"
         )
 
     # -- running cells -----------------------------------------------------------------------
@@ -505,11 +509,21 @@ def make_shell(kernel: Kernel, *, history: bool) -> TrikernelShell:
         history: keep IPython's SQLite history; False keeps it in memory for this run only.
     """
     config = Config()
+    # history_request can ask for outputs; keep them in the database so they outlive a restart.
+    config.HistoryManager.db_log_output = True
     if not history:
         config.HistoryManager.hist_file = ":memory:"
     shell: TrikernelShell = TrikernelShell.instance(kernel=kernel, config=config)
     _install_input(kernel)
     return shell
+
+
+def stdin_not_allowed() -> StdinNotImplementedError:
+    """The error for input requested where the frontend allows none (as ipykernel's)."""
+    return StdinNotImplementedError(
+        "input was requested, but this frontend does not support input requests "
+        "(allow_stdin is false)"
+    )
 
 
 def _install_input(kernel: Kernel) -> None:
@@ -520,10 +534,7 @@ def _install_input(kernel: Kernel) -> None:
     def ask(prompt: object = "", *, password: bool) -> str:
         value = kernel.request_input(str(prompt), password=password)
         if value is None:
-            raise StdinNotImplementedError(
-                "input was requested, but this frontend does not support input requests "
-                "(allow_stdin is false)"
-            )
+            raise stdin_not_allowed()
         return value
 
     def input(prompt: object = "") -> str:  # noqa: A001 - replaces the builtin on purpose

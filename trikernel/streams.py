@@ -7,13 +7,20 @@ threads and callbacks that carry no context.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import fcntl
 import io
+import os
+import threading
 from collections.abc import Callable, Iterable
+
+import trio
 
 from .channels import IOPubQueue
 from .protocol import Message
 
-__all__ = ["OutStream"]
+__all__ = ["FdCapture", "OutStream"]
 
 
 class OutStream(io.TextIOBase):
@@ -64,3 +71,66 @@ class OutStream(io.TextIOBase):
 
     def flush(self) -> None:
         self._queue.flush()
+
+
+class FdCapture:
+    """Output written to a file descriptor (C ``printf``, ``os.write(1, ...)``, subprocesses).
+
+    The descriptor is pointed at a pipe; the io loop reads the pipe as it fills
+    (:meth:`serve`) and the main thread drains it before a request's ``idle`` (:meth:`drain`),
+    so text written at the descriptor level reaches the same cell as ``print`` does. Both
+    readers take one lock around read-and-queue, which keeps the text in order.
+
+    The pipe is made as large as the OS allows (1 MiB on Linux by default): a C extension that
+    writes while holding the GIL would block on a full pipe, and the io loop needs the GIL to
+    empty it.
+    """
+
+    def __init__(
+        self, fd: int, name: str, queue: IOPubQueue, parent: Callable[[], Message | None]
+    ) -> None:
+        self.fd = fd
+        self.name = name
+        self._queue = queue
+        self._parent = parent
+        self._lock = threading.Lock()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.saved = os.dup(fd)
+        read_end, write_end = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
+        os.set_blocking(read_end, False)
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        self._read_end = read_end
+
+    def drain(self) -> None:
+        """Queue whatever the pipe holds now (any thread; never blocks)."""
+        with self._lock:
+            chunks = []
+            while True:
+                try:
+                    data = os.read(self._read_end, 1 << 16)
+                except (BlockingIOError, OSError):
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            if chunks:
+                self._queue.write(self.name, self._decoder.decode(b"".join(chunks)), self._parent())
+
+    async def serve(self) -> None:
+        """Read the pipe as it fills, until the descriptor is restored (io loop)."""
+        while self._read_end >= 0:
+            try:
+                await trio.lowlevel.wait_readable(self._read_end)
+            except (OSError, trio.ClosedResourceError):
+                return
+            self.drain()
+
+    def restore(self) -> None:
+        """Point the descriptor back where it was (after the io loop ended: nobody reads)."""
+        os.dup2(self.saved, self.fd)
+        read_end, self._read_end = self._read_end, -1
+        os.close(read_end)
+        os.close(self.saved)

@@ -15,6 +15,7 @@ def test_public_names_are_pinned() -> None:
         "RequestError",
         "SettingsError",
         "__version__",
+        "ainput",
         "background",
         "get_kernel_dir",
         "make_argv",

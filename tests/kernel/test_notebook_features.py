@@ -1,0 +1,333 @@
+"""What a notebook user touches: widgets and comms, plots, fd-level output, magics, stdin."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+from tests.kernel.conftest import TIMEOUT, Kernel, outputs, stream_text
+
+
+def ok(kernel: Kernel, code: str, **kwargs: object) -> list[dict]:
+    reply, msgs = kernel.execute(code, **kwargs)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return msgs
+
+
+def result_text(msgs: list[dict]) -> str:
+    [result] = outputs(msgs, "execute_result")
+    return str(result["content"]["data"]["text/plain"])
+
+
+def send_comm(
+    kernel: Kernel, msg_type: str, content: dict, buffers: list[bytes] | None = None
+) -> str:
+    msg = kernel.kc.session.msg(msg_type, content)
+    kernel.kc.shell_channel.send(msg) if not buffers else kernel.kc.session.send(
+        kernel.kc.shell_channel.socket, msg, buffers=buffers
+    )
+    return str(msg["header"]["msg_id"])
+
+
+# -- comms and widgets -------------------------------------------------------------------------
+
+
+def test_comm_round_trip_with_buffers_both_ways(kernel: Kernel) -> None:
+    ok(
+        kernel,
+        "import comm\n"
+        "received = []\n"
+        "def on_open(c, msg):\n"
+        "    received.append(('open', msg['content']['data']))\n"
+        "    def on_msg(msg):\n"
+        "        received.append(('msg', msg['content']['data'], [bytes(b) for b in msg['buffers']]))\n"
+        "        c.send({'echo': msg['content']['data']}, buffers=[b'\\x00kernel'])\n"
+        "    c.on_msg(on_msg)\n"
+        "comm.get_comm_manager().register_target('echo', on_open)",
+    )
+    comm_id = uuid.uuid4().hex
+    send_comm(kernel, "comm_open", {"comm_id": comm_id, "target_name": "echo", "data": {"hi": 1}})
+    msg_id = send_comm(
+        kernel, "comm_msg", {"comm_id": comm_id, "data": {"n": 2}}, buffers=[b"\x01frontend"]
+    )
+    echo = kernel.iopub_until(msg_id, lambda m: m["msg_type"] == "comm_msg")[-1]
+    assert echo["content"] == {"data": {"echo": {"n": 2}}, "comm_id": comm_id}
+    assert [bytes(b) for b in echo["buffers"]] == [b"\x00kernel"]
+    msgs = ok(kernel, "received")
+    assert result_text(msgs) == "[('open', {'hi': 1}), ('msg', {'n': 2}, [b'\\x01frontend'])]"
+    reply = kernel.reply(kernel.shell_send("comm_info_request", {"target_name": "echo"}))
+    assert reply["content"]["comms"] == {comm_id: {"target_name": "echo"}}
+
+
+def test_comm_callback_error_is_shown_not_swallowed(kernel: Kernel) -> None:
+    ok(
+        kernel,
+        "import comm\n"
+        "def on_open(c, msg):\n"
+        "    c.on_msg(lambda msg: 1 / 0)\n"
+        "comm.get_comm_manager().register_target('broken', on_open)",
+    )
+    comm_id = uuid.uuid4().hex
+    send_comm(kernel, "comm_open", {"comm_id": comm_id, "target_name": "broken", "data": {}})
+    msg_id = send_comm(kernel, "comm_msg", {"comm_id": comm_id, "data": {}})
+    error = kernel.iopub_until(msg_id, lambda m: m["msg_type"] == "error")[-1]
+    assert error["content"]["ename"] == "ZeroDivisionError"
+    assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
+
+
+def _widget_comm_id(msgs: list[dict], model: str) -> str:
+    for m in outputs(msgs, "comm_open"):
+        if m["content"]["data"]["state"].get("_model_name") == model:
+            return str(m["content"]["comm_id"])
+    raise AssertionError(f"no comm_open for {model}")
+
+
+def _set_value_from_frontend(kernel: Kernel, comm_id: str, value: int) -> str:
+    return send_comm(
+        kernel,
+        "comm_msg",
+        {
+            "comm_id": comm_id,
+            "data": {"method": "update", "state": {"value": value}, "buffer_paths": []},
+        },
+    )
+
+
+def test_ipywidgets_slider_both_ways(kernel: Kernel) -> None:
+    msgs = ok(kernel, "import ipywidgets\nslider = ipywidgets.IntSlider(value=1)")
+    comm_id = _widget_comm_id(msgs, "IntSliderModel")
+    update = _set_value_from_frontend(kernel, comm_id, 7)
+    kernel.until_idle(update)
+    assert result_text(ok(kernel, "slider.value")) == "7"
+    msgs = ok(kernel, "slider.value = 42")
+    [change] = [m for m in outputs(msgs, "comm_msg") if m["content"]["comm_id"] == comm_id]
+    assert change["content"]["data"]["method"] == "update"
+    assert change["content"]["data"]["state"] == {"value": 42}
+
+
+def test_cell_awaiting_a_widget_change_completes(kernel: Kernel) -> None:
+    """ipykernel issue 646: a cell that awaits a widget deadlocks there; here it completes."""
+    cell = kernel.kc.execute(
+        "import ipywidgets, trio\n"
+        "knob = ipywidgets.IntSlider(value=0)\n"
+        "changed = trio.Event()\n"
+        "knob.observe(lambda change: changed.set(), names='value')\n"
+        "await changed.wait()\n"
+        "print('knob is now', knob.value)"
+    )
+    opened = kernel.iopub_until(
+        cell,
+        lambda m: (
+            m["msg_type"] == "comm_open"
+            and m["content"]["data"]["state"].get("_model_name") == "IntSliderModel"
+        ),
+    )
+    comm_id = _widget_comm_id(opened, "IntSliderModel")
+    _set_value_from_frontend(kernel, comm_id, 5)
+    reply = kernel.reply(cell)
+    assert reply["content"]["status"] == "ok"
+    assert stream_text(kernel.until_idle(cell)) == "knob is now 5\n"
+
+
+# -- display and plots ---------------------------------------------------------------------
+
+
+def test_matplotlib_inline_by_default(kernel: Kernel) -> None:
+    msgs = ok(kernel, "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nNone")
+    [figure] = outputs(msgs, "display_data")
+    png = base64.b64decode(figure["content"]["data"]["image/png"])
+    assert png.startswith(b"\x89PNG")
+
+
+def test_figures_shown_in_a_loop_appear_in_order(kernel: Kernel) -> None:
+    msgs = ok(
+        kernel,
+        "%matplotlib inline\n"
+        "import matplotlib.pyplot as plt\n"
+        "for i in range(3):\n"
+        "    plt.figure(figsize=(1 + i, 1))\n"
+        "    print('figure', i)\n"
+        "    plt.show()",
+    )
+    kinds = [
+        (m["msg_type"], m["content"].get("text")) for m in outputs(msgs, "stream", "display_data")
+    ]
+    assert kinds == [
+        ("stream", "figure 0\n"),
+        ("display_data", None),
+        ("stream", "figure 1\n"),
+        ("display_data", None),
+        ("stream", "figure 2\n"),
+        ("display_data", None),
+    ]
+
+
+def test_rich_reprs_and_metadata(kernel: Kernel) -> None:
+    msgs = ok(
+        kernel,
+        "class Rich:\n"
+        "    def _repr_html_(self): return '<b>rich</b>'\n"
+        "    def _repr_markdown_(self): return '**rich**'\n"
+        "    def _repr_latex_(self): return r'$\\rho$'\n"
+        "class Bundle:\n"
+        "    def _repr_mimebundle_(self, include=None, exclude=None):\n"
+        "        return {'text/plain': 'bundle', 'application/json': {'a': 1}}, {'application/json': {'expanded': True}}\n"
+        "display(Rich(), Bundle())",
+    )
+    rich, bundle = outputs(msgs, "display_data")
+    assert rich["content"]["data"]["text/html"] == "<b>rich</b>"
+    assert rich["content"]["data"]["text/markdown"] == "**rich**"
+    assert rich["content"]["data"]["text/latex"] == "$\\rho$"
+    assert bundle["content"]["data"]["application/json"] == {"a": 1}
+    assert bundle["content"]["metadata"] == {"application/json": {"expanded": True}}
+
+
+# -- output at the file-descriptor level --------------------------------------------------
+
+
+def test_fd_level_output_reaches_the_cell_in_order(kernel: Kernel) -> None:
+    msgs = ok(
+        kernel,
+        "import os, subprocess, sys, ctypes\n"
+        "print('python first', flush=True)\n"
+        "os.write(1, b'fd second\\n')\n"
+        "subprocess.run(['echo', 'child third'], check=True)\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.printf(b'C fourth\\n'); libc.fflush(None)\n"
+        "os.write(2, b'fd stderr\\n')",
+    )
+    assert stream_text(msgs) == "python first\nfd second\nchild third\nC fourth\n"
+    assert stream_text(msgs, "stderr") == "fd stderr\n"
+
+
+# -- magics and shell commands ------------------------------------------------------------
+
+
+def test_shell_commands_stream_while_they_run(kernel: Kernel) -> None:
+    msg_id = kernel.kc.execute("!echo first; sleep 0.5; echo second")
+    first = kernel.iopub_until(msg_id, lambda m: m["msg_type"] == "stream")[-1]
+    assert first["content"]["text"].strip() == "first"
+    kernel.reply(msg_id)
+    assert "second" in stream_text(kernel.until_idle(msg_id))
+    assert stream_text(ok(kernel, "%%bash\necho from bash")) == "from bash\n"
+
+
+def test_magics(kernel: Kernel, tmp_path: object) -> None:
+    assert "Wall time" in stream_text(ok(kernel, "%time sum(range(10))"))
+    assert "per loop" in stream_text(ok(kernel, "%timeit -n1 -r1 sum(range(10))"))
+    assert stream_text(ok(kernel, "%%capture captured\nprint('hidden')")) == ""
+    assert result_text(ok(kernel, "captured.stdout")) == "'hidden\\n'"
+    ok(kernel, "who_marker = 1")
+    assert "who_marker" in stream_text(ok(kernel, "%who"))
+    assert (
+        result_text(ok(kernel, "%env TRIKERNEL_T=yes\nimport os; os.environ['TRIKERNEL_T']"))
+        == "'yes'"
+    )
+    cwd = result_text(ok(kernel, f"%cd {tmp_path}\nimport os; os.getcwd()"))
+    assert str(tmp_path) in cwd
+    assert "sys.executable" in stream_text(ok(kernel, "%pip --version")) or "pip" in stream_text(
+        ok(kernel, "%pip --version")
+    )
+    reply, _ = kernel.execute("%load -r 1-2 /dev/null")
+    source = tmp_path / "snippet.py"  # type: ignore[operator]
+    source.write_text("x_loaded = 1\n")
+    reply, _ = kernel.execute(f"%load {source}")
+    [payload] = reply["content"]["payload"]
+    assert payload["source"] == "set_next_input"
+    assert "x_loaded = 1" in payload["text"]
+    reply, _ = kernel.execute("len??")
+    assert [p["source"] for p in reply["content"]["payload"]] == ["page"]
+
+
+# -- stdin -----------------------------------------------------------------------------------
+
+
+def test_getpass_sets_the_password_flag(kernel: Kernel) -> None:
+    msg_id = kernel.kc.execute(
+        "import getpass\nsecret = getpass.getpass('pin: ')", allow_stdin=True
+    )
+    request = kernel.kc.get_stdin_msg(timeout=TIMEOUT)
+    assert request["content"] == {"prompt": "pin: ", "password": True}
+    kernel.kc.input("1234")
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    assert result_text(ok(kernel, "secret")) == "'1234'"
+
+
+def test_input_inside_an_async_cell(kernel: Kernel) -> None:
+    msg_id = kernel.kc.execute(
+        "import trio\nawait trio.sleep(0)\nanswer = input('? ')", allow_stdin=True
+    )
+    kernel.kc.get_stdin_msg(timeout=TIMEOUT)
+    kernel.kc.input("async ok")
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    assert result_text(ok(kernel, "answer")) == "'async ok'"
+
+
+def test_interrupt_while_waiting_for_input(kernel: Kernel) -> None:
+    msg_id = kernel.kc.execute("input('never answered')", allow_stdin=True)
+    kernel.kc.get_stdin_msg(timeout=TIMEOUT)
+    kernel.reply(kernel.control("interrupt_request"), "control")
+    assert kernel.reply(msg_id)["content"]["ename"] == "KeyboardInterrupt"
+    kernel.until_idle(msg_id)
+    assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
+
+
+def test_main_loop_serves_while_a_cell_waits_for_input(kernel: Kernel) -> None:
+    ok(
+        kernel,
+        "import comm\n"
+        "def on_open(c, msg):\n"
+        "    c.on_msg(lambda msg: c.send({'pong': msg['content']['data']}))\n"
+        "comm.get_comm_manager().register_target('ping', on_open)",
+    )
+    comm_id = uuid.uuid4().hex
+    send_comm(kernel, "comm_open", {"comm_id": comm_id, "target_name": "ping", "data": {}})
+    cell = kernel.kc.execute("answer = input('go? ')", allow_stdin=True)
+    kernel.kc.get_stdin_msg(timeout=TIMEOUT)
+    # The sync cell is blocked in input(); the main loop must still handle this comm message.
+    ping = send_comm(kernel, "comm_msg", {"comm_id": comm_id, "data": {"n": 1}})
+    pong = kernel.iopub_until(ping, lambda m: m["msg_type"] == "comm_msg")[-1]
+    assert pong["content"]["data"] == {"pong": {"n": 1}}
+    kernel.kc.input("yes")
+    assert kernel.reply(cell)["content"]["status"] == "ok"
+    kernel.until_idle(cell)
+    assert result_text(ok(kernel, "answer")) == "'yes'"
+
+
+def test_ainput(kernel: Kernel) -> None:
+    msg_id = kernel.kc.execute(
+        "import trikernel\nreply = await trikernel.ainput('name: ')", allow_stdin=True
+    )
+    request = kernel.kc.get_stdin_msg(timeout=TIMEOUT)
+    assert request["content"] == {"prompt": "name: ", "password": False}
+    kernel.kc.input("anyone")
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    assert result_text(ok(kernel, "reply")) == "'anyone'"
+    reply, _ = kernel.execute("await trikernel.ainput('x')", allow_stdin=False)
+    assert reply["content"]["ename"] == "StdinNotImplementedError"
+
+
+def test_history_persists_across_kernel_restarts() -> None:
+    from tests.kernel.conftest import start_kernel, stop_kernel
+
+    marker = f"history_marker_{uuid.uuid4().hex[:8]}"
+    first = start_kernel()
+    try:
+        first.execute(f"{marker} = 6 * 7\n{marker}")
+        first.reply(first.control("shutdown_request"), "control")
+        first.wait_exit(timeout=5)
+    finally:
+        stop_kernel(first)
+    second = start_kernel()
+    try:
+        msg_id = second.kc.history(
+            hist_access_type="search", pattern=f"{marker}*", output=True, raw=True, n=1
+        )
+        [entry] = second.reply(msg_id)["content"]["history"]
+        _session, _line, (source, output) = entry
+        assert source == f"{marker} = 6 * 7\n{marker}"
+        assert output == "42"
+        tail = second.reply(second.kc.history(hist_access_type="tail", n=5, raw=True))
+        assert any(marker in e[2] for e in tail["content"]["history"])
+    finally:
+        stop_kernel(second)
