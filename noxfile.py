@@ -72,7 +72,8 @@ MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)[^)]*\)")
 
 @nox.session(python="3.11")
 def docs(session: nox.Session) -> None:
-    """Check the docs: relative links in markdown resolve, and the CLI's help runs."""
+    """Check the docs: relative links resolve, --help runs, the guide's examples give the
+    outputs it shows."""
     pages = sorted(ROOT.glob("docs/**/*.md"))
     if (ROOT / "README.md").exists():
         pages.append(ROOT / "README.md")
@@ -88,8 +89,11 @@ def docs(session: nox.Session) -> None:
         session.error("broken links:\n  " + "\n  ".join(broken))
     session.log(f"{len(pages)} markdown pages, all relative links resolve")
 
-    install_project(session)
+    install_project(session, "nbclient", "nbformat")
     session.run("python", "-m", "trikernel", "--help")
+    # The guide's examples, run as one notebook on the kernel just installed.
+    session.run("python", "-m", "trikernel", "install", "--sys-prefix")
+    session.run("python", "docs/check_examples.py", "--kernel", "trikernel")
 
 
 @nox.session(python="3.11")

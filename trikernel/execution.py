@@ -15,11 +15,17 @@ always arrives as SIGINT on the main thread (the io loop sends it with ``pthread
    unwinds at its await, ``finally`` blocks run, and its handler replies ``KeyboardInterrupt``.
 
 3. An interrupt is *pending* until it took effect: ``KeyboardInterrupt`` was raised, the
-   request ended, or the main loop reached its I/O wait after cancelling (then every task of
-   the request is parked at an await and has its ``Cancelled``). While one is pending, the io
+   request ended, or the cancellation reached every task of the request (the cancel ran while
+   no task was runnable, or the main loop reached its I/O wait since: either way every task
+   is parked at an await and has its ``Cancelled``, so ``finally`` blocks run undisturbed). While one is pending, the io
    loop sends SIGINT again every few milliseconds (:meth:`UserCode.wait_interrupted`). This
    closes the race in which SIGINT lands in protected code (IPython compiling the cell) and
    the cell then runs blocking code with no await for the cancellation to land on.
+
+A deadline (``%%timeout``, ``shell.timeout``) is an interrupt with reason "timeout": the io
+loop's timer marks the run and interrupts it, and the cell gets ``TimeoutError`` (raised as
+:class:`DeadlineExceeded`, a ``BaseException`` like ``KeyboardInterrupt``, so that an
+``except Exception`` in the cell cannot swallow its own deadline).
 
 So the kernel's own code never sees a stray ``KeyboardInterrupt``: it either runs KI-protected
 (trio's machinery, and the kernel's request runners, which are marked with
@@ -46,7 +52,14 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-__all__ = ["CancelReason", "Run", "UserCode", "call_user_code"]
+__all__ = [
+    "CancelReason",
+    "DeadlineExceeded",
+    "Run",
+    "UserCode",
+    "call_user_code",
+    "deadline_message",
+]
 
 #: Why a request's scope was cancelled; the reply names it.
 CancelReason = str
@@ -54,6 +67,10 @@ CancelReason = str
 _GIL_YIELD_INTERVAL = 0.005
 
 T = TypeVar("T")
+
+
+class DeadlineExceeded(BaseException):
+    """Raised into a cell that blocks past its deadline; shown as ``TimeoutError``."""
 
 
 @attrs.define(eq=False)
@@ -112,20 +129,18 @@ class UserCode(trio.abc.Instrument):
     # -- requests ----------------------------------------------------------------------------
 
     @contextmanager
-    def running(
-        self, *, deadline: float = float("inf"), timeout: float | None = None
-    ) -> Iterator[Run]:
+    def running(self, *, timeout: float | None = None) -> Iterator[Run]:
         """Run the body as a request's user code, in a cancel scope of its own.
 
         Args:
-            deadline: trio deadline for the scope (``%%timeout``, ``shell.timeout``).
-            timeout: the seconds that deadline stands for, to name it in errors.
+            timeout: the run's deadline in seconds, to name it in errors (the io loop's timer
+                enforces it; see the module docstring).
 
         Yields:
             The record of this run: ``.scope`` is its cancel scope; ``.reason`` says why it
             was cancelled (``"interrupt"``, ``"shutdown"``), None while it was not.
         """
-        with trio.CancelScope(deadline=deadline) as scope:
+        with trio.CancelScope() as scope:
             run = Run(scope, trio.lowlevel.current_task(), timeout)
             self._running.append(run)
             if len(self._running) == 1:
@@ -195,13 +210,17 @@ class UserCode(trio.abc.Instrument):
             if run is not None:
                 self._handled = number
                 if run.reason == "timeout":
-                    raise TimeoutError(f"the cell ran past its {run.timeout:g} s deadline")
+                    raise DeadlineExceeded(deadline_message(run.timeout))
                 raise KeyboardInterrupt
         self.token.run_sync_soon(self._cancel_for_interrupt, number)
 
     def _cancel_for_interrupt(self, number: int) -> None:
         self.cancel_all("interrupt")
-        self._cancelled_upto = max(self._cancelled_upto, number)
+        if trio.lowlevel.current_statistics().tasks_runnable == 0:
+            # Every task is parked at an await: each has just received its Cancelled.
+            self._handled = max(self._handled, number)
+        else:
+            self._cancelled_upto = max(self._cancelled_upto, number)
 
     def before_io_wait(self, timeout: float) -> None:
         """Trio instrument hook: the main loop is idle, so every cancel has landed."""
@@ -233,3 +252,8 @@ def call_user_code(fn: Callable[..., T], *args: Any) -> T:
     interrupt could never stop a busy callback.
     """
     return fn(*args)
+
+
+def deadline_message(timeout: float | None) -> str:
+    """The message of a cell's timeout error."""
+    return f"the cell ran past its {timeout:g} s deadline" if timeout else "the cell timed out"

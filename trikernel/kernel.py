@@ -53,7 +53,7 @@ from .channels import (
     serve_stdin,
 )
 from .comms import install_comms, message_dict
-from .execution import Run, UserCode, call_user_code
+from .execution import Run, UserCode, call_user_code, deadline_message
 from .handoff import Mailbox, run_loop_in_thread
 from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
 from .settings import KernelSettings
@@ -74,7 +74,7 @@ current_cell: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 )
 
 # `%%timeout SECONDS` as a cell's first line: the rest of the cell runs under that deadline.
-_TIMEOUT_MAGIC = re.compile(r"\A%%timeout[ \t]+(?P<seconds>\S+)[ \t]*(?:\n|\Z)")
+_TIMEOUT_MAGIC = re.compile(r"\A%%timeout\b[ \t]*(?P<seconds>[^\n]*?)[ \t]*(?:\n|\Z)")
 
 Handler = Callable[[Message], Awaitable[Mapping[str, Any] | None]]
 
@@ -479,12 +479,11 @@ class Kernel:
                 self.publish("error", error)
                 return {"status": "error", **error, "execution_count": shell.execution_count}
             source = code[magic.end() :]
-        deadline = trio.current_time() + timeout if timeout else math.inf
         cell_id = request.metadata.get("cellId")
         cancelled: BaseException | None = None
         cell_token = current_cell.set(shell.execution_count)
         try:
-            with self._user.running(deadline=deadline, timeout=timeout) as run:
+            with self._user.running(timeout=timeout) as run:
                 if timeout:
                     run.watchdog = trio.CancelScope()
                     self._io_token.run_sync_soon(self._start_deadline_watch, run, timeout)
@@ -509,8 +508,8 @@ class Kernel:
             count = shell.execution_count
         reply: dict[str, Any]
         if run.scope.cancelled_caught:
-            if run.reason in (None, "timeout"):  # None: the scope's own deadline expired
-                ename, evalue = "TimeoutError", _deadline_message(timeout)
+            if run.reason == "timeout":
+                ename, evalue = "TimeoutError", deadline_message(timeout)
             else:
                 ename, evalue = "KeyboardInterrupt", ""
             error = {
@@ -624,10 +623,10 @@ class Kernel:
                 self.shell.showtraceback()
 
     def _start_deadline_watch(self, run: Run, timeout: float) -> None:
-        """IO loop: if the cell still runs past its deadline, interrupt it as a timeout.
+        """IO loop: at the deadline, interrupt the cell with reason "timeout".
 
-        The cell's scope has the deadline too, so a cell that awaits is cancelled by the main
-        loop on time; this covers a cell that blocks the main thread, whose loop cannot.
+        The io loop keeps the time because it runs even while the cell blocks the main thread;
+        the interrupt then cancels an awaiting cell or raises into a blocking one.
         """
         scope = run.watchdog
         assert scope is not None
@@ -750,10 +749,6 @@ def _parse_timeout(text: str) -> float:
     if not 0 < seconds < math.inf:
         raise ValueError(f"%%timeout takes a positive number of seconds, got {text!r}")
     return seconds
-
-
-def _deadline_message(timeout: float | None) -> str:
-    return f"the cell ran past its {timeout:g} s deadline" if timeout else "the cell timed out"
 
 
 def _attribute_threads() -> None:

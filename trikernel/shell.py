@@ -17,6 +17,7 @@ kernel in four places:
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 import traceback
@@ -39,6 +40,8 @@ from traitlets.config import Config
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
+
+from .execution import DeadlineExceeded
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -224,6 +227,10 @@ class TrikernelShell(InteractiveShell):
                 if isinstance(rest, SystemExit):
                     self.showtraceback(exception_only=True)
                     print("To exit: use 'exit', 'quit', or Ctrl-D.", file=sys.stderr)
+                elif isinstance(rest, (KeyboardInterrupt, DeadlineExceeded)):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    self.show_interruption(rest)
                 else:
                     # Start the traceback below this frame: IPython 9 would otherwise report it
                     # as "[... skipping hidden 1 frame]"; IPython 8 honours tb_offset=0 alike.
@@ -249,16 +256,41 @@ class TrikernelShell(InteractiveShell):
         return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": stb}
 
     def format_cancellation(self, exc: BaseException, ename: str, evalue: str) -> list[str]:
-        """A traceback showing where a cancelled cell was, titled ``ename: evalue``."""
-        try:
-            stb: list[str] = self.InteractiveTB.structured_traceback(
-                KeyboardInterrupt, KeyboardInterrupt(evalue), exc.__traceback__, tb_offset=1
-            )
-        except Exception:
-            stb = traceback.format_tb(exc.__traceback__)
-        if stb:
-            stb[-1] = stb[-1].replace("KeyboardInterrupt", ename, 1)
-        return stb
+        """Where an interrupted or timed-out cell was: its own frames, titled ename: evalue.
+
+        Deliberately not IPython's verbose traceback: that highlights every frame's source
+        with pygments and takes tens of milliseconds, which would be most of an interrupt's
+        latency, to show frames of trio and the kernel the user did not write.
+        """
+        lines = [
+            "\x1b[31m" + "-" * 75 + "\x1b[0m",
+            f"\x1b[31m{ename}\x1b[0m"
+            + " " * max(1, 42 - len(ename))
+            + "Traceback (most recent call last)",
+        ]
+        for frame in traceback.extract_tb(exc.__traceback__):
+            cell = _CELL_NAME.match(frame.filename)
+            if cell is None:
+                continue
+            where = f"Cell In[{cell['count']}], line {frame.lineno}"
+            if frame.name != "<module>":
+                where += f", in {frame.name}()"
+            lines.append(f"\x1b[36m{where}\x1b[0m")
+            if frame.line:
+                lines.append(f"\x1b[32m---->\x1b[0m {frame.lineno} {frame.line}")
+        lines.append(f"\x1b[31m{ename}\x1b[0m: {evalue}")
+        return lines
+
+    def show_interruption(self, exc: BaseException) -> None:
+        """Publish the error for a KeyboardInterrupt / deadline raised in blocking code."""
+        ename = "TimeoutError" if isinstance(exc, DeadlineExceeded) else type(exc).__name__
+        evalue = str(exc)
+        self.last_error = {
+            "ename": ename,
+            "evalue": evalue,
+            "traceback": self.format_cancellation(exc, ename, evalue),
+        }
+        self.kernel.publish("error", self.last_error)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -482,6 +514,10 @@ def _magics(kernel_of: Any) -> list[tuple[str, str, Any]]:
         ("line", "cancel", cancel),
         ("cell", "timeout", timeout),
     ]
+
+
+# IPython names a cell's code object <ipython-input-COUNT-HASH> (IPython 8 and 9).
+_CELL_NAME = re.compile(r"<ipython-input-(?P<count>\d+)-[0-9a-f]+>")
 
 
 def _kernel_of(shell: Any) -> Kernel:

@@ -39,6 +39,8 @@ log = logging.getLogger("trikernel")
 
 State = Literal["running", "done", "failed", "cancelled"]
 
+_KEEP_FINISHED = 20
+
 
 @attrs.define(eq=False)
 class BackgroundTask:
@@ -58,6 +60,10 @@ class BackgroundTask:
     """``time.monotonic()`` when it was started."""
     finished: trio.Event = attrs.field(factory=trio.Event)
     """Set when it ended, however it ended."""
+
+    def __repr__(self) -> str:
+        cell = "" if self.cell is None else f" from cell {self.cell}"
+        return f"<background task {self.name!r} {self.state}{cell}>"
 
 
 @attrs.define(eq=False)
@@ -162,6 +168,13 @@ class BackgroundTasks:
         kernel.publish("error", kernel.shell.format_exception(exc))
 
     def _unique(self, name: str) -> str:
+        # A finished task's name is free again; the newest few finished records are kept so
+        # that %tasks can still show how they ended.
+        finished = [n for n, t in self._tasks.items() if t.state != "running"]
+        for old in finished[: max(0, len(finished) - _KEEP_FINISHED)]:
+            del self._tasks[old]
+        if name in self._tasks and self._tasks[name].state != "running":
+            del self._tasks[name]
         if name not in self._tasks:
             return name
         n = 2

@@ -126,15 +126,35 @@ EXPECTED: dict[str, tuple[int, list[dict[str, Any]]]] = {
         ],
     ),
     "sniffio": (12, [result(12, "'trio'")]),
+    "background-start": (13, []),
+    # The age column of %tasks is the only part that varies.
+    "background-tasks": (
+        14,
+        [
+            stream(
+                "stdout",
+                Matching(
+                    r"ticked at least 3 times: True\n"
+                    r"name    state    cell  age\n"
+                    r"ticker  running  13    \d+\.\d s\n"
+                ),
+            )
+        ],
+    ),
+    "background-cancel": (
+        15,
+        [stream("stdout", "cancelled background task 'ticker'\n"), result(15, "'cancelled'")],
+    ),
+    "timeout": (16, [error("TimeoutError", "the cell ran past its 0.2 s deadline")]),
     "time-magic": (
-        13,
+        17,
         [
             stream("stdout", Matching(r"CPU times: user .+, sys: .+, total: .+\nWall time: .+\n")),
-            result(13, "4999950000"),
+            result(17, "4999950000"),
         ],
     ),
     # `!cmd` runs in a pty, which ends lines with \r\n (as under ipykernel).
-    "shell": (14, [stream("stdout", "hello from the shell\r\n")]),
+    "shell": (18, [stream("stdout", "hello from the shell\r\n")]),
 }
 
 
@@ -193,6 +213,7 @@ def test_demo_is_stored_without_outputs() -> None:
     # Every code cell has its outputs pinned below, and no expectation names a missing cell.
     assert [cell.id for cell in code] == list(EXPECTED)
     assert cell_by_id(nb, "error").metadata.tags == ["raises-exception"]
+    assert cell_by_id(nb, "timeout").metadata.tags == ["raises-exception"]
 
 
 @pytest.mark.parametrize("cell_id", list(EXPECTED))
@@ -206,7 +227,7 @@ def test_cell_outputs(executed: nbformat.NotebookNode, cell_id: str) -> None:
 def test_markdown_cells_are_untouched(executed: nbformat.NotebookNode) -> None:
     original = nbformat.read(DEMO, as_version=4)
     markdown = [cell for cell in executed.cells if cell.cell_type == "markdown"]
-    assert len(markdown) == 4
+    assert len(markdown) == 6
     assert markdown == [cell for cell in original.cells if cell.cell_type == "markdown"]
 
 
@@ -273,19 +294,23 @@ def test_run_demo_prints_every_cell(tmp_path: Path) -> None:
         "  stdout| fast child finished after 0.01 s",
         "  stdout| slow child finished after 0.05 s",
         "Out[12]: 'trio'",
-        "Out[13]: 4999950000",
+        "  stdout| ticked at least 3 times: True",
+        "  stdout| cancelled background task 'ticker'",
+        "Out[15]: 'cancelled'",
+        "  error| TimeoutError: the cell ran past its 0.2 s deadline",
+        "Out[17]: 4999950000",
         "  stdout| hello from the shell",
         f"executed notebook saved to {saved}",
     ]
     # In this order, other lines between them: `in` on an iterator consumes it up to the match.
     remaining = iter(lines)
     assert [line for line in expected if line not in remaining] == [], proc.stdout
-    assert re.fullmatch(r"ran 14 code cells in \d+\.\d s", lines[-1]), proc.stdout
+    assert re.fullmatch(r"ran 18 code cells in \d+\.\d s", lines[-1]), proc.stdout
     assert [
         cell.execution_count
         for cell in nbformat.read(saved, as_version=4).cells
         if cell.cell_type == "code"
-    ] == list(range(1, 15))
+    ] == list(range(1, 19))
 
 
 def test_run_demo_fails_on_an_untagged_error(tmp_path: Path) -> None:

@@ -296,3 +296,53 @@ def test_shutdown_cancels_background_tasks_in_order(fresh_kernel: Kernel, tmp_pa
     assert reply["content"]["status"] == "ok"
     fresh_kernel.wait_exit(timeout=2.0)
     assert marker.read_text() == "unwound"
+
+
+def test_deadline_does_not_interrupt_cleanup(kernel: Kernel) -> None:
+    reply, msgs = kernel.execute(
+        "%%timeout 0.2\n"
+        "import time\n"
+        "try:\n"
+        "    await trio.sleep(5)\n"
+        "finally:\n"
+        "    time.sleep(0.05)\n"
+        "    print('cleaned up')"
+    )
+    assert reply["content"]["ename"] == "TimeoutError"
+    assert stream_text(msgs) == "cleaned up\n"
+
+
+def test_interrupt_does_not_interrupt_cleanup(kernel: Kernel) -> None:
+    cell = kernel.kc.execute(
+        "import time\n"
+        "try:\n"
+        "    print('waiting', flush=True)\n"
+        "    await trio.sleep(30)\n"
+        "finally:\n"
+        "    time.sleep(0.1)\n"
+        "    print('cleaned up')"
+    )
+    kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
+    kernel.reply(kernel.control("interrupt_request"), "control")
+    assert kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
+    assert stream_text(kernel.until_idle(cell)) == "cleaned up\n"
+
+
+def test_blocking_cell_cannot_swallow_its_deadline(kernel: Kernel) -> None:
+    reply, _ = kernel.execute(
+        "%%timeout 0.2\n"
+        "import time\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        "        time.sleep(0.1)\n"
+        "    except Exception:\n"
+        "        pass"
+    )
+    assert reply["content"]["ename"] == "TimeoutError"
+    assert "0.2 s deadline" in reply["content"]["evalue"]
+
+
+def test_timeout_magic_without_seconds(kernel: Kernel) -> None:
+    reply, _ = kernel.execute("%%timeout\n1")
+    assert reply["content"]["ename"] == "UsageError"
+    assert "positive number of seconds" in reply["content"]["evalue"]
