@@ -66,7 +66,7 @@ class Comm(BaseComm):
             handle(msg)
         except Exception:  # noqa: BLE001 - shown to the user, like an error in a cell
             # comm's manager would only log this; a notebook user should see it.
-            self.kernel.shell.showtraceback()
+            self.kernel.shell.show_exception()
 
 
 def install_comms(kernel: Kernel) -> CommManager:

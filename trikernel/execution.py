@@ -103,6 +103,9 @@ class UserCode(trio.abc.Instrument):
     _handled: int = attrs.field(init=False, default=0)
     _cancelled_upto: int = attrs.field(init=False, default=0)
     _idle: trio.Event | None = attrs.field(init=False, default=None)
+    watch_pending: Callable[[], None] | None = attrs.field(init=False, default=None)
+    """Set by the kernel: asks the io loop to run :meth:`resend_while_pending` (for a SIGINT
+    from outside, in signal mode, which the io loop did not send)."""
     _main_thread: int = attrs.field(init=False, factory=threading.get_ident)
     _previous_handlers: dict[int, object] = attrs.field(init=False, factory=dict)
 
@@ -186,9 +189,15 @@ class UserCode(trio.abc.Instrument):
         """Whether the last interrupt has not taken effect yet (rule 3 of the module)."""
         return bool(self._running) and self._handled < self._requested
 
-    async def wait_interrupted(self, *, resend_every: float = 0.02, give_up: float = 2.0) -> None:
+    async def wait_interrupted(self) -> None:
         """Interrupt, and keep re-sending SIGINT while the interrupt is pending (io loop)."""
         self.interrupt()
+        await self.resend_while_pending()
+
+    async def resend_while_pending(
+        self, *, resend_every: float = 0.02, give_up: float = 2.0
+    ) -> None:
+        """Re-send SIGINT every ``resend_every`` s while an interrupt is pending (io loop)."""
         with trio.move_on_after(give_up):
             while True:
                 await trio.sleep(resend_every)
@@ -201,6 +210,12 @@ class UserCode(trio.abc.Instrument):
         if not self._running:
             self._handled = number
             return
+        if self._handled >= number:
+            # Not one the io loop sent: SIGINT from outside (interrupt_mode "signal", or a
+            # terminal). It becomes pending like the others, and the io loop watches it.
+            self._requested = number = number + 1
+            if self.watch_pending is not None:
+                self.watch_pending()
         if not trio.lowlevel.currently_ki_protected():
             try:
                 task: trio.lowlevel.Task | None = trio.lowlevel.current_task()

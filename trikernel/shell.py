@@ -281,6 +281,22 @@ class TrikernelShell(InteractiveShell):
         lines.append(f"\x1b[31m{ename}\x1b[0m: {evalue}")
         return lines
 
+    def _format_exception_for_storage(
+        self, exception: BaseException, *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        # IPython 9 formats every error a second time, verbosely, to keep it in history; for
+        # an interruption that would cost more than the interrupt itself (see above).
+        if isinstance(exception, (KeyboardInterrupt, DeadlineExceeded)) and self.last_error:
+            return self.last_error
+        # Looked up, not called directly: IPython 8 has no such method (and never calls this).
+        base = getattr(super(), "_format_exception_for_storage")  # noqa: B009
+        stored: dict[str, Any] = base(exception, *args, **kwargs)
+        return stored
+
+    def show_exception(self) -> None:
+        """Show the exception being handled as a cell's error would be (for callbacks)."""
+        self.showtraceback()
+
     def show_interruption(self, exc: BaseException) -> None:
         """Publish the error for a KeyboardInterrupt / deadline raised in blocking code."""
         ename = "TimeoutError" if isinstance(exc, DeadlineExceeded) else type(exc).__name__

@@ -1,0 +1,219 @@
+"""Interrupts in every state, in message and signal mode; SIGTERM; no orphans; a stress run."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+import zmq
+
+from tests.kernel.conftest import TIMEOUT, Kernel, outputs, stream_text
+
+Interrupt = Callable[[Kernel], None]
+
+
+def by_message(kernel: Kernel) -> None:
+    kernel.reply(kernel.control("interrupt_request"), "control")
+
+
+def by_signal(kernel: Kernel) -> None:
+    os.kill(kernel.km.provisioner.process.pid, signal.SIGINT)  # type: ignore[union-attr]
+
+
+MODES = pytest.mark.parametrize("interrupt", [by_message, by_signal], ids=["message", "signal"])
+
+# Each cell prints "started" once it is in the state to interrupt, so the test interrupts
+# exactly there (waiting on that output, not on a guessed delay).
+STATES = {
+    "await-sleep": "import trio\nprint('started', flush=True)\nawait trio.sleep(30)",
+    "await-channel": (
+        "import trio\nsend, receive = trio.open_memory_channel(0)\n"
+        "print('started', flush=True)\nawait receive.receive()"
+    ),
+    "nested-nursery": (
+        "import trio\nasync with trio.open_nursery() as n:\n"
+        "    n.start_soon(trio.sleep, 30)\n    print('started', flush=True)\n    await trio.sleep(30)"
+    ),
+    "time-sleep": "import time\nprint('started', flush=True)\ntime.sleep(30)",
+    "socket-recv": (
+        "import socket\na, b = socket.socketpair()\nprint('started', flush=True)\na.recv(1)"
+    ),
+    "subprocess": (
+        "import subprocess\nprint('started', flush=True)\nsubprocess.run(['sleep', '30'])"
+    ),
+    "busy-loop": "print('started', flush=True)\nwhile True:\n    pass",
+}
+
+
+@MODES
+@pytest.mark.parametrize("state", list(STATES))
+def test_interrupt_in_every_state(kernel: Kernel, interrupt: Interrupt, state: str) -> None:
+    cell = kernel.kc.execute(STATES[state])
+    kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
+    start = time.monotonic()
+    interrupt(kernel)
+    reply = kernel.reply(cell)
+    elapsed = time.monotonic() - start
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    [error] = outputs(kernel.until_idle(cell), "error")
+    assert error["content"]["ename"] == "KeyboardInterrupt"
+    assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
+    print(f"{state} ({interrupt.__name__}): reply {elapsed * 1000:.1f} ms after the interrupt")
+
+
+@MODES
+def test_interrupt_when_idle_does_nothing(kernel: Kernel, interrupt: Interrupt) -> None:
+    before, _ = kernel.execute("idle_probe = 1")
+    interrupt(kernel)
+    reply, _ = kernel.execute("idle_probe + 1")
+    assert reply["content"]["status"] == "ok"
+    assert reply["content"]["execution_count"] == before["content"]["execution_count"] + 1
+
+
+@MODES
+def test_interrupt_while_waiting_for_input(kernel: Kernel, interrupt: Interrupt) -> None:
+    cell = kernel.kc.execute("input('?')", allow_stdin=True)
+    kernel.kc.get_stdin_msg(timeout=TIMEOUT)
+    interrupt(kernel)
+    assert kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
+    kernel.until_idle(cell)
+
+
+def test_interrupt_a_busy_comm_handler(kernel: Kernel) -> None:
+    kernel.execute(
+        "import comm\n"
+        "def on_open(c, msg):\n"
+        "    def busy(msg):\n"
+        "        print('handler started', flush=True)\n"
+        "        while True:\n"
+        "            pass\n"
+        "    c.on_msg(busy)\n"
+        "comm.get_comm_manager().register_target('busy', on_open)"
+    )
+    comm_id = uuid.uuid4().hex
+    opened = kernel.kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "busy", "data": {}})
+    kernel.kc.shell_channel.send(opened)
+    msg = kernel.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {}})
+    kernel.kc.shell_channel.send(msg)
+    msg_id = msg["header"]["msg_id"]
+    kernel.iopub_until(msg_id, lambda m: m["msg_type"] == "stream")
+    by_message(kernel)
+    msgs = kernel.until_idle(msg_id)
+    assert [m["content"]["ename"] for m in outputs(msgs, "error")] == ["KeyboardInterrupt"]
+    assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
+
+
+def test_interrupted_cell_aborts_the_queue(kernel: Kernel) -> None:
+    cell = kernel.kc.execute("import time\nprint('started', flush=True)\ntime.sleep(30)", stop_on_error=False)
+    queued = kernel.kc.execute("print('should not run')", stop_on_error=False)
+    kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
+    by_message(kernel)
+    assert kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
+    assert kernel.reply(queued)["content"]["status"] == "aborted"
+
+
+def test_background_tasks_survive_interrupts(kernel: Kernel) -> None:
+    kernel.execute(
+        "import trio, trikernel\nsurvivor = 0\n"
+        "async def survive():\n    global survivor\n    while True:\n"
+        "        survivor += 1\n        await trio.sleep(0.005)\n"
+        "trikernel.background.start_soon(survive)"
+    )
+    cell = kernel.kc.execute("print('started', flush=True)\nawait trio.sleep(30)")
+    kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
+    by_message(kernel)
+    kernel.reply(cell)
+    reply, msgs = kernel.execute(
+        "s = survivor\nwith trio.fail_after(10):\n    while survivor < s + 3:\n        await trio.sleep(0.005)\n"
+        "[t.state for t in trikernel.background if t.name == 'survive']"
+    )
+    assert outputs(msgs, "execute_result")[0]["content"]["data"]["text/plain"] == "['running']"
+    kernel.execute("trikernel.background.cancel('survive')")
+
+
+def test_sigterm_exits_in_order(fresh_kernel: Kernel) -> None:
+    cell = fresh_kernel.kc.execute("import time\nprint('before sigterm', flush=True)\ntime.sleep(30)")
+    fresh_kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
+    os.kill(fresh_kernel.km.provisioner.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
+    assert fresh_kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
+    fresh_kernel.wait_exit(timeout=1.5)
+
+
+def test_no_orphan_subprocess_after_shutdown(fresh_kernel: Kernel) -> None:
+    reply, msgs = fresh_kernel.execute(
+        "import subprocess\nchild = subprocess.Popen(['sleep', '60'])\nchild.pid"
+    )
+    child = int(outputs(msgs, "execute_result")[0]["content"]["data"]["text/plain"])
+    fresh_kernel.reply(fresh_kernel.control("shutdown_request"), "control")
+    fresh_kernel.wait_exit(timeout=1.5)
+    deadline = time.monotonic() + 5
+    while _alive(child):
+        assert time.monotonic() < deadline, "the cell's subprocess outlived the kernel"
+        time.sleep(0.02)  # the child's exit is observable only by polling its pid
+
+
+def _reply_answering_input(k: Kernel, msg_id: str) -> dict:
+    """The reply to ``msg_id``; answers an input request if the cell makes one first."""
+    poller = zmq.Poller()
+    poller.register(k.kc.shell_channel.socket, zmq.POLLIN)
+    poller.register(k.kc.stdin_channel.socket, zmq.POLLIN)
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no reply to {msg_id}"
+        ready = dict(poller.poll(remaining * 1000))
+        if k.kc.stdin_channel.socket in ready:
+            k.kc.get_stdin_msg(timeout=1)
+            k.kc.input("x")
+        if k.kc.shell_channel.socket in ready:
+            msg = k.kc.get_shell_msg(timeout=1)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_stress_300_interrupts_at_random_moments(fresh_kernel: Kernel) -> None:
+    """Interrupts at random moments over many kinds of cells never kill the kernel."""
+    k = fresh_kernel
+    rng = random.Random(20261121)
+    cells = [
+        "pass",
+        "import trio\nawait trio.sleep(0.05)",
+        "import time\ntime.sleep(0.05)",
+        "for _ in range(200000):\n    pass",
+        "for i in range(200):\n    print(i)",
+        "input('?')",
+    ]
+    counts = []
+    replies = 0
+    for n in range(300):
+        code = rng.choice(cells)
+        cell = k.kc.execute(code, allow_stdin=True, stop_on_error=False)
+        # The randomness of the moment is the point of this test, not synchronisation.
+        time.sleep(rng.uniform(0, 0.03))
+        by_message(k) if n % 3 else by_signal(k)
+        reply = _reply_answering_input(k, cell)
+        replies += 1
+        assert reply["content"]["status"] in ("ok", "error"), reply["content"]
+        statuses = [m["content"]["execution_state"] for m in outputs(k.until_idle(cell), "status")]
+        assert statuses == ["busy", "idle"]
+        counts.append(reply["content"]["execution_count"])
+    assert replies == 300
+    assert counts == list(range(counts[0], counts[0] + 300)), "execution counts skipped or repeated"
+    reply, msgs = k.execute("1+1")
+    assert outputs(msgs, "execute_result")[0]["content"]["data"]["text/plain"] == "2"
+    assert stream_text(msgs) == ""
