@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -97,6 +98,27 @@ class _Incoming:
     received: float
     """``time.monotonic()`` when the io loop read it."""
 
+    @property
+    def subshell(self) -> str | None:
+        """The subshell the request is for (protocol 5.5); None: the parent shell."""
+        return _subshell_of(self.msg)
+
+
+def _subshell_of(msg: Message) -> str | None:
+    sid = msg.header.extra.get("subshell_id")
+    return sid if isinstance(sid, str) else None
+
+
+@attrs.define(eq=False)
+class _Shell:
+    """The parent shell or a subshell: its queue of requests and the task that runs them."""
+
+    send: trio.MemorySendChannel[_Incoming]
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    abort_before: float = -math.inf
+    """Execute requests received before this ``time.monotonic()`` are aborted (a failed or
+    interrupted cell); per shell, so a failure in a subshell aborts only its own queue."""
+
 
 class Kernel:
     """A Jupyter kernel for Python on trio.
@@ -160,11 +182,15 @@ class Kernel:
                 "shutdown_request",
                 "interrupt_request",
                 "connect_request",
+                "create_subshell_request",
+                "delete_subshell_request",
+                "list_subshell_request",
             )
         }
         self._last_parent: Message | None = None
         self._fd_captures: list[FdCapture] = []
-        self._abort_before = -math.inf
+        self._shells: dict[str | None, _Shell] = {}  # main loop; None is the parent shell
+        self._subshell_ids: set[str] = set()  # io loop: what list_subshell_request reports
         self._pending_input: tuple[str, Callable[[Message], None]] | None = None
         self._ports: dict[Channel, int] = {}
         self._restart = False
@@ -424,18 +450,47 @@ class Kernel:
     async def _serve_shell_requests(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
-        """Dispatch shell requests: comm messages at once, the rest one at a time, in order."""
-        send, receive = trio.open_memory_channel[_Incoming](math.inf)
+        """Dispatch shell requests: comm messages at once; the rest to their shell's queue,
+        which runs them one at a time, in order (the parent shell, or a subshell)."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._run_in_order, receive)
+            self._shell_nursery = nursery
+            self._open_shell(None)
             task_status.started()
             while True:
                 for incoming in await self._shell_inbox.get_batch():
+                    shell = self._shells.get(incoming.subshell)
                     if incoming.msg.msg_type in _INLINE_SHELL:
                         await self._run_shell_request(incoming)
+                    elif shell is not None:
+                        shell.send.send_nowait(incoming)
                     else:
-                        send.send_nowait(incoming)
+                        self._status("busy", incoming.msg)
+                        self._reply(
+                            "shell",
+                            incoming.msg,
+                            _error_content("UnknownSubshell", f"no subshell {incoming.subshell!r}"),
+                        )
+                        self._status("idle", incoming.msg)
         raise AssertionError("unreachable")
+
+    def _open_shell(self, subshell: str | None) -> None:
+        """Main loop: start the task that runs the requests of ``subshell``."""
+        send, receive = trio.open_memory_channel[_Incoming](math.inf)
+        shell = self._shells[subshell] = _Shell(send)
+
+        async def run() -> None:
+            with shell.scope:
+                await self._run_in_order(receive)
+
+        name = "shell" if subshell is None else f"subshell {subshell}"
+        self._shell_nursery.start_soon(run, name=name)
+
+    def _close_shell(self, subshell: str) -> None:
+        """Main loop: stop a subshell; what runs in it is cancelled, what waits is dropped."""
+        shell = self._shells.pop(subshell, None)
+        if shell is not None:
+            shell.send.close()
+            shell.scope.cancel()
 
     async def _run_in_order(self, receive: trio.MemoryReceiveChannel[_Incoming]) -> None:
         # A portal lets sync code in a cell (input()) await on this loop: while a cell waits
@@ -451,7 +506,9 @@ class Kernel:
         self._status("busy", msg)
         token = current_request.set(msg)
         try:
-            if msg.msg_type == "execute_request" and incoming.received < self._abort_before:
+            shell = self._shells.get(incoming.subshell)
+            abort_before = shell.abort_before if shell is not None else -math.inf
+            if msg.msg_type == "execute_request" and incoming.received < abort_before:
                 content: Mapping[str, Any] | None = {"status": "aborted"}
             else:
                 content = await self._call(self.shell_handlers, msg)
@@ -552,7 +609,11 @@ class Kernel:
             stop_on_error or reply.get("ename") == "KeyboardInterrupt"
         ):
             # Requests that arrived before now were sent without knowing of this failure.
-            self._abort_before = time.monotonic() + self.settings.shell.stop_on_error_timeout
+            failed_in = self._shells.get(_subshell_of(request))
+            if failed_in is not None:
+                failed_in.abort_before = (
+                    time.monotonic() + self.settings.shell.stop_on_error_timeout
+                )
         if shell.exit_now:
             shell.exit_now = False
             if not shell.keepkernel_on_exit:
@@ -602,7 +663,7 @@ class Kernel:
             "banner": self.banner,
             "help_links": self.help_links,
             "debugger": False,
-            "supported_features": [],
+            "supported_features": ["kernel subshells"],
         }
 
     async def comm_info_request(self, request: Message) -> Mapping[str, Any]:
@@ -662,6 +723,32 @@ class Kernel:
         """Interrupt the running cell (spec: "Kernel interrupt"); see trikernel.execution."""
         self._io_nursery.start_soon(self._user.wait_interrupted)
         return {"status": "ok"}
+
+    async def create_subshell_request(self, request: Message) -> Mapping[str, Any]:
+        """Create a subshell (protocol 5.5, JEP 91): a queue of its own, run concurrently.
+
+        A subshell is a task on the main loop: it runs while the parent shell's cell awaits
+        (and vice versa). A cell that blocks the main thread blocks every shell, since user
+        code runs on the one main thread.
+        """
+        subshell = uuid.uuid4().hex
+        self._subshell_ids.add(subshell)
+        # Posted before the reply is sent, so it runs before any request for the subshell.
+        self._main_token.run_sync_soon(self._open_shell, subshell)
+        return {"status": "ok", "subshell_id": subshell}
+
+    async def delete_subshell_request(self, request: Message) -> Mapping[str, Any]:
+        """Delete a subshell; a request running in it is cancelled."""
+        subshell = request.content.get("subshell_id")
+        if not isinstance(subshell, str) or subshell not in self._subshell_ids:
+            raise RequestError(f"no subshell {subshell!r}")
+        self._subshell_ids.discard(subshell)
+        self._main_token.run_sync_soon(self._close_shell, subshell)
+        return {"status": "ok"}
+
+    async def list_subshell_request(self, request: Message) -> Mapping[str, Any]:
+        """The ids of the subshells (not the parent shell)."""
+        return {"status": "ok", "subshell_id": sorted(self._subshell_ids)}
 
     async def connect_request(self, request: Message) -> Mapping[str, Any]:
         """The kernel's ports (spec: "Connect", deprecated but answered)."""

@@ -40,6 +40,20 @@ class Kernel:
             if msg["parent_header"].get("msg_id") == msg_id:
                 return msg
 
+    def replies(self, *msg_ids: str, timeout: float = TIMEOUT) -> dict[str, Msg]:
+        """The shell replies to all of ``msg_ids``, in whatever order they come."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, Msg] = {}
+        while len(found) < len(msg_ids):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no reply to {set(msg_ids) - set(found)} within {timeout} s")
+            msg = self.kc.get_shell_msg(timeout=remaining)
+            parent = msg["parent_header"].get("msg_id")
+            if parent in msg_ids:
+                found[parent] = msg
+        return found
+
     def iopub_until(self, msg_id: str, predicate: Any, timeout: float = TIMEOUT) -> list[Msg]:
         """iopub messages of request ``msg_id`` up to and including the first matching one."""
         deadline = time.monotonic() + timeout

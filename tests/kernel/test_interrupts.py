@@ -8,6 +8,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import zmq
@@ -97,7 +98,9 @@ def test_interrupt_a_busy_comm_handler(kernel: Kernel) -> None:
         "comm.get_comm_manager().register_target('busy', on_open)"
     )
     comm_id = uuid.uuid4().hex
-    opened = kernel.kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "busy", "data": {}})
+    opened = kernel.kc.session.msg(
+        "comm_open", {"comm_id": comm_id, "target_name": "busy", "data": {}}
+    )
     kernel.kc.shell_channel.send(opened)
     msg = kernel.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {}})
     kernel.kc.shell_channel.send(msg)
@@ -110,7 +113,9 @@ def test_interrupt_a_busy_comm_handler(kernel: Kernel) -> None:
 
 
 def test_interrupted_cell_aborts_the_queue(kernel: Kernel) -> None:
-    cell = kernel.kc.execute("import time\nprint('started', flush=True)\ntime.sleep(30)", stop_on_error=False)
+    cell = kernel.kc.execute(
+        "import time\nprint('started', flush=True)\ntime.sleep(30)", stop_on_error=False
+    )
     queued = kernel.kc.execute("print('should not run')", stop_on_error=False)
     kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
     by_message(kernel)
@@ -129,7 +134,7 @@ def test_background_tasks_survive_interrupts(kernel: Kernel) -> None:
     kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
     by_message(kernel)
     kernel.reply(cell)
-    reply, msgs = kernel.execute(
+    _, msgs = kernel.execute(
         "s = survivor\nwith trio.fail_after(10):\n    while survivor < s + 3:\n        await trio.sleep(0.005)\n"
         "[t.state for t in trikernel.background if t.name == 'survive']"
     )
@@ -138,7 +143,9 @@ def test_background_tasks_survive_interrupts(kernel: Kernel) -> None:
 
 
 def test_sigterm_exits_in_order(fresh_kernel: Kernel) -> None:
-    cell = fresh_kernel.kc.execute("import time\nprint('before sigterm', flush=True)\ntime.sleep(30)")
+    cell = fresh_kernel.kc.execute(
+        "import time\nprint('before sigterm', flush=True)\ntime.sleep(30)"
+    )
     fresh_kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
     os.kill(fresh_kernel.km.provisioner.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
     assert fresh_kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
@@ -146,7 +153,7 @@ def test_sigterm_exits_in_order(fresh_kernel: Kernel) -> None:
 
 
 def test_no_orphan_subprocess_after_shutdown(fresh_kernel: Kernel) -> None:
-    reply, msgs = fresh_kernel.execute(
+    _, msgs = fresh_kernel.execute(
         "import subprocess\nchild = subprocess.Popen(['sleep', '60'])\nchild.pid"
     )
     child = int(outputs(msgs, "execute_result")[0]["content"]["data"]["text/plain"])
@@ -179,8 +186,8 @@ def _reply_answering_input(k: Kernel, msg_id: str) -> dict:
 
 def _alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.split(") ", 1)[1][0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
 

@@ -47,7 +47,7 @@ __all__ = [
     "WireError",
 ]
 
-PROTOCOL_VERSION = "5.4"
+PROTOCOL_VERSION = "5.5"
 DELIMITER = b"<IDS|MSG>"
 
 # The shared default for empty fields; read-only so no message can change another's.
@@ -96,8 +96,8 @@ class Header:
     version: str = PROTOCOL_VERSION
     """Messaging protocol version of the sender."""
     extra: Mapping[str, Any] = _EMPTY
-    """Fields the spec adds later (e.g. ``subshell_id``) or a client adds; kept verbatim so a
-    header echoed as a reply's ``parent_header`` is the one the client sent."""
+    """Fields beyond the six above (protocol 5.5's ``subshell_id``, or a client's own); kept
+    verbatim so a header echoed as a reply's ``parent_header`` is the one the client sent."""
 
     def to_dict(self) -> dict[str, Any]:
         """The header as the JSON object the wire carries."""
