@@ -193,7 +193,6 @@ class Kernel:
         self._subshell_ids: set[str] = set()  # io loop: what list_subshell_request reports
         self._pending_input: tuple[str, Callable[[Message], None]] | None = None
         self._ports: dict[Channel, int] = {}
-        self._restart = False
         # Set once the loops run:
         self._main_token: trio.lowlevel.TrioToken
         self._io_token: trio.lowlevel.TrioToken
@@ -202,7 +201,7 @@ class Kernel:
         self._outboxes: dict[Channel, Outbox] = {}
         self._shell_inbox: Mailbox[_Incoming]
         self._user: UserCode
-        self._shutdown_started = threading.Event()
+        self._shutdown_started = False  # main loop
         self._shutdown_replying = False  # a shutdown_request waits for its reply
         self._main_stopped: trio.Event  # io loop: main loop has stopped user code
         self._io_finished: trio.Event  # main loop: the io loop sent the shutdown reply
@@ -617,7 +616,7 @@ class Kernel:
         if shell.exit_now:
             shell.exit_now = False
             if not shell.keepkernel_on_exit:
-                self._main_token.run_sync_soon(self._begin_shutdown, False)
+                self._main_token.run_sync_soon(self._begin_shutdown)
         return reply
 
     async def complete_request(self, request: Message) -> Mapping[str, Any]:
@@ -760,7 +759,7 @@ class Kernel:
         self._shutdown_replying = True
         # A cell that blocks the main thread would never run _begin_shutdown: interrupt it.
         self._io_nursery.start_soon(self._user.wait_interrupted)
-        self._main_token.run_sync_soon(self._begin_shutdown, restart)
+        self._main_token.run_sync_soon(self._begin_shutdown)
         with trio.move_on_after(self.settings.shutdown.grace + 1):
             await self._main_stopped.wait()
         content = {"status": "ok", "restart": restart}
@@ -770,12 +769,11 @@ class Kernel:
 
     # -- shutdown ----------------------------------------------------------------------------
 
-    def _begin_shutdown(self, restart: bool) -> None:
+    def _begin_shutdown(self) -> None:
         """Main loop: start the orderly stop (idempotent)."""
-        if self._shutdown_started.is_set():
+        if self._shutdown_started:
             return
-        self._shutdown_started.set()
-        self._restart = restart
+        self._shutdown_started = True
         self._shutdown_requested.set()
 
     async def _finish_shutdown(self, channel: Channel | None) -> None:
@@ -795,7 +793,7 @@ class Kernel:
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM: the orderly exit of a shutdown_request, without a reply to send."""
         log.info("SIGTERM: shutting down")
-        self._main_token.run_sync_soon(self._begin_shutdown, False)
+        self._main_token.run_sync_soon(self._begin_shutdown)
         self._user.interrupt()
 
     # -- stdin (main thread, called by input()) ----------------------------------------------
