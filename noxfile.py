@@ -107,6 +107,6 @@ def demo(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """Compare trikernel with ipykernel (benchmarks/run.py; options after `--`)."""
-    install_project(session, "ipykernel", "jupyter_client>=8", "orjson", "psutil")
+    install_project(session, "ipykernel", "async-kernel", "jupyter_client>=8", "orjson", "psutil")
     session.run("python", "-m", "trikernel", "install", "--sys-prefix")
     session.run("python", "benchmarks/run.py", *session.posargs)

@@ -507,7 +507,8 @@ class Kernel:
         try:
             shell = self._shells.get(incoming.subshell)
             abort_before = shell.abort_before if shell is not None else -math.inf
-            if msg.msg_type == "execute_request" and incoming.received < abort_before:
+            aborting = self._shutdown_started or incoming.received < abort_before
+            if msg.msg_type == "execute_request" and aborting:
                 content: Mapping[str, Any] | None = {"status": "aborted"}
             else:
                 content = await self._call(self.shell_handlers, msg)

@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from typing import NoReturn
@@ -30,6 +31,8 @@ from ..protocol import ConnectionInfo, Message, Session
 from .transport import FrameSocket, SentMarker, open_socket
 
 __all__ = ["IOPubQueue", "serve_iopub"]
+
+log = logging.getLogger("trikernel")
 
 
 @attrs.define(eq=False)
@@ -183,8 +186,14 @@ async def serve_iopub(
             for item in await queue.get_batch():
                 if isinstance(item, SentMarker):
                     item.event.set()
-                else:
-                    await sock.send(session.pack(item))
+                    continue
+                try:
+                    frames = session.pack(item)
+                except (TypeError, ValueError):
+                    # One unwritable message must not end the kernel's output for good.
+                    log.exception("iopub: could not send %s", item.msg_type)
+                    continue
+                await sock.send(frames)
 
 
 async def _welcome_subscribers(sock: FrameSocket, session: Session, queue: IOPubQueue) -> None:

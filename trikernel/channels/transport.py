@@ -7,7 +7,8 @@ Invariants:
 - A :class:`FrameSocket` is used only from the thread whose trio loop opened it.
 - :meth:`FrameSocket.recv` and :meth:`FrameSocket.send` first try the non-blocking call and
   await zmq-anyio only when the socket is not ready: zmq-anyio starts helper tasks for every
-  awaited call, and under load most calls find the socket ready.
+  awaited call, and under load most calls find the socket ready. Either way each call is a
+  trio checkpoint, so a flood on one socket cannot starve the loop's other tasks.
 - Sends never block for long: ROUTER and XPUB sockets drop, rather than queue, past their
   high-water mark (ZeroMQ's documented behaviour), so a vanished client cannot wedge a channel.
 """
@@ -44,6 +45,10 @@ class FrameSocket:
     """A bound ZeroMQ socket that sends and receives lists of byte frames."""
 
     socket: zmq_anyio.Socket
+    """zmq-anyio's socket, for waiting until the socket is ready."""
+    raw: zmq.Socket[bytes]
+    """The plain socket it shadows, for the non-blocking attempts: zmq-anyio's own methods
+    start a helper task on every call, even one that completes at once."""
     port: int
 
     async def recv(self) -> list[bytes]:
@@ -53,22 +58,30 @@ class FrameSocket:
             zmq.ZMQError: the socket was closed.
         """
         try:
-            return self.socket.recv_multipart(zmq.NOBLOCK)
+            frames: list[bytes] = self.raw.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             pass
+        else:
+            await trio.lowlevel.checkpoint()
+            return frames
         # copy=True (the default) means bytes, not zmq.Frame.
         return cast("list[bytes]", await _wait(self.socket.arecv_multipart()))
 
     def recv_nowait(self) -> list[bytes] | None:
         """Receive one multipart message if one is waiting, else None."""
         try:
-            return self.socket.recv_multipart(zmq.NOBLOCK)
+            return self.raw.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return None
 
     async def send(self, frames: Sequence[bytes]) -> None:
         """Send one multipart message (awaits only if ZeroMQ cannot take it now)."""
-        await _wait(self.socket.asend_multipart(list(frames)))
+        try:
+            self.raw.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            await _wait(self.socket.asend_multipart(list(frames)))
+        else:
+            await trio.lowlevel.checkpoint()
 
 
 async def _wait(future: Future[_T]) -> _T:
@@ -140,4 +153,4 @@ async def open_socket(
         raise
     sock = zmq_anyio.Socket(raw)
     async with sock:
-        yield FrameSocket(sock, port)
+        yield FrameSocket(sock, raw, port)

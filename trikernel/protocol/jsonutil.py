@@ -105,7 +105,10 @@ except ImportError:  # pragma: no cover - exercised by the no-orjson test sessio
     dumps = _std_dumps
     loads = _std_loads
 else:
-    _OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+    # No OPT_SERIALIZE_NUMPY: with it, orjson imports numpy the first time it meets a value of
+    # a type it does not know (bytes will do): +150 ms and +11 MiB in every kernel. Arrays go
+    # through _default's tolist() instead.
+    _OPTS = orjson.OPT_NON_STR_KEYS
 
     def dumps(obj: Any) -> bytes:
         """Serialise ``obj`` to UTF-8 JSON bytes (see the module's rules)."""

@@ -98,6 +98,9 @@ class Header:
     extra: Mapping[str, Any] = _EMPTY
     """Fields beyond the six above (protocol 5.5's ``subshell_id``, or a client's own); kept
     verbatim so a header echoed as a reply's ``parent_header`` is the one the client sent."""
+    raw: bytes | None = attrs.field(default=None, eq=False, repr=False)
+    """The header frame as received, if it was; a reply echoes these bytes as its
+    ``parent_header`` (cheaper than writing the JSON again, and always writable)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The header as the JSON object the wire carries."""
@@ -114,8 +117,8 @@ class Header:
         return d
 
     @classmethod
-    def from_dict(cls, d: object) -> Header:
-        """Validate a parsed header object.
+    def from_dict(cls, d: object, raw: bytes | None = None) -> Header:
+        """Validate a parsed header object (``raw``: the frame it was parsed from).
 
         Raises:
             MessageFormatError: ``d`` is not an object, or ``msg_id``, ``msg_type`` or
@@ -129,6 +132,10 @@ class Header:
         for key in ("username", "date", "version"):
             if not isinstance(d.get(key, ""), str):
                 raise MessageFormatError(f"header field {key!r} is not a string")
+        return cls._from_dict(d, raw)
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any], raw: bytes | None = None) -> Header:
         extra = {k: v for k, v in d.items() if k not in _HEADER_FIELDS}
         return cls(
             msg_id=d["msg_id"],
@@ -138,6 +145,7 @@ class Header:
             date=d.get("date", ""),
             version=d.get("version", ""),
             extra=extra or _EMPTY,
+            raw=raw,
         )
 
 
@@ -160,6 +168,8 @@ class Message:
     """Binary frames after the content (comms, widgets)."""
     identities: Sequence[bytes] = ()
     """ROUTER routing ids before the delimiter (a PUB topic on iopub)."""
+    parent_raw: bytes | None = attrs.field(default=None, eq=False, repr=False)
+    """``parent_header`` as the bytes the parent arrived with, if known (see ``Header.raw``)."""
 
     @property
     def msg_type(self) -> str:
@@ -264,7 +274,7 @@ class Session:
         signature = bytes(frames[split + 1])
         parts = [bytes(f) for f in frames[split + 2 : split + 6]]
         self._check_signature(signature, parts)
-        header = Header.from_dict(_parse_object(parts[0], "header"))
+        header = Header.from_dict(_parse_object(parts[0], "header"), raw=parts[0])
         return Message(
             header=header,
             parent_header=_parse_object(parts[1], "parent_header"),
@@ -283,7 +293,7 @@ class Session:
         """
         parts = [
             jsonutil.dumps(msg.header.to_dict()),
-            jsonutil.dumps(msg.parent_header),
+            msg.parent_raw if msg.parent_raw is not None else jsonutil.dumps(msg.parent_header),
             jsonutil.dumps(msg.metadata),
             jsonutil.dumps(msg.content),
         ]
@@ -330,6 +340,7 @@ class Session:
         return Message(
             header=header,
             parent_header=parent.header.to_dict() if parent is not None else _EMPTY,
+            parent_raw=parent.header.raw if parent is not None else None,
             metadata=metadata if metadata is not None else _EMPTY,
             content=content if content is not None else _EMPTY,
             buffers=buffers,
