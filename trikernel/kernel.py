@@ -84,8 +84,10 @@ Handler = Callable[[Message], Awaitable[Mapping[str, Any] | None]]
 # Comm messages are handled as soon as they arrive, even while a cell awaits: a cell that
 # awaits a widget's change must see the comm_msg that changes it (ipykernel issue 646).
 _INLINE_SHELL = frozenset({"comm_open", "comm_msg", "comm_close", "comm_info_request"})
-# Sent on shell by some frontends; acted on in the io loop, like on control.
-_SHELL_IN_IO = frozenset({"interrupt_request", "shutdown_request"})
+# Acted on in the io loop even when sent on shell: interrupt and shutdown because some
+# frontends send them there, and kernel_info because its answer needs nothing of the shell, so
+# a frontend learns the kernel is up while IPython still loads (execute requests wait for it).
+_SHELL_IN_IO = frozenset({"interrupt_request", "shutdown_request", "kernel_info_request"})
 
 
 class RequestError(Exception):
