@@ -13,10 +13,14 @@ Invariants:
   put thousands of items between two wake-ups cost the consumer one wake-up.
 - :func:`run_loop_in_thread` is the only place a thread with a trio loop is started; the task
   that runs it is that thread's supervisor (cancel the task: the loop is cancelled and joined).
+- A call posted to another loop (:func:`post`) never raises there: an exception escaping a
+  ``run_sync_soon`` callback is a ``TrioInternalError`` that ends that loop. Posting to a loop
+  that has finished (late in shutdown) is dropped, not an error for the poster.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import threading
@@ -28,9 +32,29 @@ import attrs
 import outcome
 import trio
 
-__all__ = ["Mailbox", "run_loop_in_thread", "run_sync_in_thread"]
+__all__ = ["Mailbox", "post", "run_loop_in_thread", "run_sync_in_thread"]
+
+log = logging.getLogger("trikernel")
 
 T = TypeVar("T")
+
+
+def post(token: trio.lowlevel.TrioToken, fn: Callable[..., object], *args: object) -> None:
+    """Call ``fn(*args)`` soon in ``token``'s loop; from any thread or a signal handler.
+
+    An exception from ``fn`` is logged, never raised into the loop (see the invariants).
+    """
+
+    def guarded() -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("a call posted to another loop failed: %r", fn)
+
+    try:
+        token.run_sync_soon(guarded)
+    except trio.RunFinishedError:
+        log.debug("dropped %r: its loop has finished", fn)
 
 
 @attrs.define(eq=False)
@@ -54,7 +78,10 @@ class Mailbox(Generic[T]):
             if self._wake_scheduled:
                 return
             self._wake_scheduled = True
-        self.token.run_sync_soon(self._wake)
+        try:
+            self.token.run_sync_soon(self._wake)
+        except trio.RunFinishedError:  # the consumer's loop ended (shutdown): nobody to wake
+            pass
 
     def _wake(self) -> None:
         # Runs in the consumer's loop.

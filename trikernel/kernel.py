@@ -57,7 +57,7 @@ from .channels import (
 )
 from .comms import install_comms, message_dict
 from .execution import Run, UserCode, call_user_code, deadline_message
-from .handoff import Mailbox, run_loop_in_thread
+from .handoff import Mailbox, post, run_loop_in_thread
 from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
 from .settings import KernelSettings
 from .streams import FdCapture, OutStream
@@ -192,6 +192,7 @@ class Kernel:
         self._last_parent: Message | None = None
         self._fd_captures: list[FdCapture] = []
         self._shells: dict[str | None, _Shell] = {}  # main loop; None is the parent shell
+        self._shell_nursery: trio.Nursery | None = None
         self._subshell_ids: set[str] = set()  # io loop: what list_subshell_request reports
         self._pending_input: tuple[str, Callable[[Message], None]] | None = None
         self._ports: dict[Channel, int] = {}
@@ -283,7 +284,7 @@ class Kernel:
             FdCapture(2, "stderr", self._iopub, self.parent),
         ]
         for capture in self._fd_captures:
-            self._io_token.run_sync_soon(self._io_nursery.start_soon, capture.serve)
+            post(self._io_token, self._io_nursery.start_soon, capture.serve)
 
     def _drain_fds(self) -> None:
         for capture in self._fd_captures:
@@ -296,7 +297,7 @@ class Kernel:
         self._io_finished = trio.Event()
         self._user = UserCode(self._main_token)
         self._user.install()
-        self._user.watch_pending = lambda: self._io_token.run_sync_soon(self._watch_interrupt)
+        self._user.watch_pending = lambda: post(self._io_token, self._watch_interrupt)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             async with trio.open_nursery() as nursery:
@@ -316,12 +317,10 @@ class Kernel:
                 log.info("trikernel %s ready: %s", __version__, self._ports)
                 await self._shutdown_requested.wait()
                 await self._stop_user_code()
-                self._io_token.run_sync_soon(self._main_stopped.set)
+                post(self._io_token, self._main_stopped.set)
                 if not self._shutdown_replying:
                     # SIGTERM or `exit`: no reply to send, but the output must still go out.
-                    self._io_token.run_sync_soon(
-                        self._io_nursery.start_soon, self._finish_shutdown, None
-                    )
+                    post(self._io_token, self._io_nursery.start_soon, self._finish_shutdown, None)
                 with trio.move_on_after(2):
                     await self._io_finished.wait()
                 nursery.cancel_scope.cancel()
@@ -456,6 +455,9 @@ class Kernel:
         async with trio.open_nursery() as nursery:
             self._shell_nursery = nursery
             self._open_shell(None)
+            # Subshells created before this (control is served from the io loop's start on).
+            for subshell in list(self._subshell_ids):
+                self._open_shell(subshell)
             task_status.started()
             while True:
                 for incoming in await self._shell_inbox.get_batch():
@@ -476,6 +478,8 @@ class Kernel:
 
     def _open_shell(self, subshell: str | None) -> None:
         """Main loop: start the task that runs the requests of ``subshell``."""
+        if self._shell_nursery is None or subshell in self._shells:
+            return  # not serving yet: _serve_shell_requests opens it when it starts
         send, receive = trio.open_memory_channel[_Incoming](math.inf)
         shell = self._shells[subshell] = _Shell(send)
 
@@ -561,7 +565,7 @@ class Kernel:
             with self._user.running(timeout=timeout) as run:
                 if timeout:
                     run.watchdog = trio.CancelScope()
-                    self._io_token.run_sync_soon(self._start_deadline_watch, run, timeout)
+                    post(self._io_token, self._start_deadline_watch, run, timeout)
                 try:
                     result, cancelled = await shell.run_cell_trio(
                         source,
@@ -575,7 +579,7 @@ class Kernel:
                         await trio.lowlevel.checkpoint()
                 finally:
                     if run.watchdog is not None:
-                        self._io_token.run_sync_soon(run.watchdog.cancel)
+                        post(self._io_token, run.watchdog.cancel)
         finally:
             current_cell.reset(cell_token)
         count = result.execution_count
@@ -619,7 +623,7 @@ class Kernel:
         if shell.exit_now:
             shell.exit_now = False
             if not shell.keepkernel_on_exit:
-                self._main_token.run_sync_soon(self._begin_shutdown)
+                post(self._main_token, self._begin_shutdown)
         return reply
 
     async def complete_request(self, request: Message) -> Mapping[str, Any]:
@@ -736,7 +740,7 @@ class Kernel:
         subshell = uuid.uuid4().hex
         self._subshell_ids.add(subshell)
         # Posted before the reply is sent, so it runs before any request for the subshell.
-        self._main_token.run_sync_soon(self._open_shell, subshell)
+        post(self._main_token, self._open_shell, subshell)
         return {"status": "ok", "subshell_id": subshell}
 
     async def delete_subshell_request(self, request: Message) -> Mapping[str, Any]:
@@ -745,7 +749,7 @@ class Kernel:
         if not isinstance(subshell, str) or subshell not in self._subshell_ids:
             raise RequestError(f"no subshell {subshell!r}")
         self._subshell_ids.discard(subshell)
-        self._main_token.run_sync_soon(self._close_shell, subshell)
+        post(self._main_token, self._close_shell, subshell)
         return {"status": "ok"}
 
     async def list_subshell_request(self, request: Message) -> Mapping[str, Any]:
@@ -762,7 +766,7 @@ class Kernel:
         self._shutdown_replying = True
         # A cell that blocks the main thread would never run _begin_shutdown: interrupt it.
         self._io_nursery.start_soon(self._user.wait_interrupted)
-        self._main_token.run_sync_soon(self._begin_shutdown)
+        post(self._main_token, self._begin_shutdown)
         with trio.move_on_after(self.settings.shutdown.grace + 1):
             await self._main_stopped.wait()
         content = {"status": "ok", "restart": restart}
@@ -787,7 +791,7 @@ class Kernel:
                 self._outboxes[channel].put(marker)
                 await marker.event.wait()
             await self._iopub.wait_sent()
-        self._main_token.run_sync_soon(self._io_finished.set)
+        post(self._main_token, self._io_finished.set)
 
     def _watch_interrupt(self) -> None:
         """IO loop: supervise an interrupt that came from outside (signal mode)."""
@@ -796,7 +800,7 @@ class Kernel:
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM: the orderly exit of a shutdown_request, without a reply to send."""
         log.info("SIGTERM: shutting down")
-        self._main_token.run_sync_soon(self._begin_shutdown)
+        post(self._main_token, self._begin_shutdown)
         self._user.interrupt()
 
     # -- stdin (main thread, called by input()) ----------------------------------------------
@@ -836,7 +840,7 @@ class Kernel:
 
         def resolve(reply: Message) -> None:  # io loop
             replies.append(reply)
-            self._main_token.run_sync_soon(done.set)
+            post(self._main_token, done.set)
 
         self._pending_input = (request.msg_id, resolve)
         try:

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 import attrs
 import trio
 
+from .handoff import post
+
 if TYPE_CHECKING:
     from .kernel import Kernel
 
@@ -112,8 +114,9 @@ class BackgroundTasks:
         if threading.get_ident() == self._thread:
             self._nursery.start_soon(self._run, task, fn, args, name=task.name)
         else:
-            self._token.run_sync_soon(
-                lambda: self._nursery.start_soon(self._run, task, fn, args, name=task.name)  # type: ignore[union-attr]
+            post(
+                self._token,
+                lambda: self._nursery.start_soon(self._run, task, fn, args, name=task.name),  # type: ignore[union-attr]
             )
         return task
 

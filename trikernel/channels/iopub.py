@@ -72,7 +72,7 @@ class IOPubQueue:
             self._items.append(msg)
             wake = self._mark(urgent=True)
         if wake:
-            self.token.run_sync_soon(self._wake)
+            self._post_wake()
 
     def write(self, name: str, text: str, parent: Message | None) -> None:
         """Queue ``text`` for stream ``name`` (``stdout``/``stderr``), attributed to ``parent``."""
@@ -87,14 +87,14 @@ class IOPubQueue:
             self._text_bytes += len(text)
             wake = self._mark(urgent=self._text_bytes >= self.max_batch_bytes)
         if wake:
-            self.token.run_sync_soon(self._wake)
+            self._post_wake()
 
     def flush(self) -> None:
         """Send waiting text now instead of at the end of the flush interval."""
         with self._lock:
             wake = bool(self._items) and self._mark(urgent=True)
         if wake:
-            self.token.run_sync_soon(self._wake)
+            self._post_wake()
 
     async def wait_sent(self) -> None:
         """Wait until everything queued so far was handed to ZeroMQ (io loop only)."""
@@ -116,6 +116,12 @@ class IOPubQueue:
             self._urgent = True
             wake = True
         return wake
+
+    def _post_wake(self) -> None:
+        try:
+            self.token.run_sync_soon(self._wake)
+        except trio.RunFinishedError:  # the io loop ended (shutdown): nothing more is sent
+            pass
 
     def _wake(self) -> None:
         if self._event is not None:
