@@ -90,6 +90,27 @@ def output_lines(output: dict[str, Any]) -> Iterator[str]:
         yield f"  {kind}"
 
 
+def merged_streams(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Outputs with adjacent text of one stream joined, as a notebook frontend shows them.
+
+    A kernel may send one printed line in two stream messages (its pieces arrive on either
+    side of a flush); nbclient keeps them apart, JupyterLab joins them.
+    """
+    merged: list[dict[str, Any]] = []
+    for output in outputs:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and output["output_type"] == "stream"
+            and last["output_type"] == "stream"
+            and last["name"] == output["name"]
+        ):
+            merged[-1] = {**last, "text": last["text"] + output["text"]}
+        else:
+            merged.append(output)
+    return merged
+
+
 def print_cell(cell: dict[str, Any]) -> None:
     """A cell as ``In [n]: source`` and its outputs; an execute_result as ``Out[n]: value``."""
     if cell["cell_type"] != "code":
@@ -97,7 +118,7 @@ def print_cell(cell: dict[str, Any]) -> None:
         return
     count = cell.get("execution_count") or " "
     print(f"In [{count}]: {abbreviate(cell['source'], skip_comments=True)}")
-    for output in cell.get("outputs", []):
+    for output in merged_streams(cell.get("outputs", [])):
         if output["output_type"] == "execute_result":
             text = output["data"].get("text/plain", "")
             print(f"Out[{output['execution_count']}]: {text}")
