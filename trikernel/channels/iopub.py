@@ -8,7 +8,8 @@ Invariants:
   ``stream`` message when anything else is published.
 - Text is batched: consecutive writes to the same stream for the same request become one
   ``stream`` message, sent when anything else is published, when ``flush()`` is called, when
-  ``max_batch_bytes`` are waiting, or ``flush_interval`` after the first unsent write.
+  ``max_batch_bytes`` are waiting, or ``flush_interval`` after the first unsent write (two
+  intervals if the text stops mid-line, so a printed line is rarely cut in two).
 - Nothing is dropped by the queue. ZeroMQ's send high-water mark is disabled on this socket
   (``sndhwm=0``) so that a slow subscriber delays nothing and loses nothing; memory is bounded
   by what subscribers have not yet read.
@@ -127,6 +128,11 @@ class IOPubQueue:
         if self._event is not None:
             self._event.set()
 
+    def _ends_line(self) -> bool:
+        with self._lock:
+            last = self._items[-1] if self._items else None
+            return not isinstance(last, _Text) or last.parts[-1].endswith("\n")
+
     def _take(self) -> list[Message | _Text | SentMarker]:
         with self._lock:
             items = list(self._items)
@@ -148,9 +154,14 @@ class IOPubQueue:
                 continue
             if not urgent:
                 # Only text waits: give it the flush interval to grow, unless it turns urgent
-                # (the only wake-up that can come now: the first item already woke us).
-                with trio.move_on_after(self.flush_interval):
-                    await self._event.wait()
+                # (the only wake-up that can come now: the first item already woke us). Text
+                # that stops mid-line gets one interval more: print() writes "text" and "\n"
+                # separately, and a line is better sent whole.
+                for _ in range(2):
+                    with trio.move_on_after(self.flush_interval):
+                        await self._event.wait()
+                    if self._event.is_set() or self._ends_line():
+                        break
             items = self._take()
             if items:
                 return [self._as_message(item) for item in items]

@@ -15,7 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar, cast
@@ -48,7 +48,11 @@ class FrameSocket:
     """zmq-anyio's socket, for waiting until the socket is ready."""
     raw: zmq.Socket[bytes]
     """The plain socket it shadows, for the non-blocking attempts: zmq-anyio's own methods
-    start a helper task on every call, even one that completes at once."""
+    start a helper task on every call, even one that completes at once.
+
+    ZeroMQ's descriptor is edge-triggered, and any operation on the socket can consume the
+    edge that a pending zmq-anyio receive waits for. So every raw operation is followed by
+    :meth:`_rearm`, which has zmq-anyio look at the socket's events again."""
     port: int
 
     async def recv(self) -> list[bytes]:
@@ -62,6 +66,7 @@ class FrameSocket:
         except zmq.Again:
             pass
         else:
+            self._rearm()
             await trio.lowlevel.checkpoint()
             return frames
         # copy=True (the default) means bytes, not zmq.Frame.
@@ -70,9 +75,11 @@ class FrameSocket:
     def recv_nowait(self) -> list[bytes] | None:
         """Receive one multipart message if one is waiting, else None."""
         try:
-            return self.raw.recv_multipart(zmq.NOBLOCK)
+            frames: list[bytes] = self.raw.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return None
+        self._rearm()
+        return frames
 
     async def send(self, frames: Sequence[bytes]) -> None:
         """Send one multipart message (awaits only if ZeroMQ cannot take it now)."""
@@ -81,7 +88,14 @@ class FrameSocket:
         except zmq.Again:
             await _wait(self.socket.asend_multipart(list(frames)))
         else:
+            self._rearm()
             await trio.lowlevel.checkpoint()
+
+    def _rearm(self) -> None:
+        # zmq-anyio's get(EVENTS) reschedules its event handling when a pending receive (or
+        # send) can now complete: the edge this process may have consumed is not lost.
+        get_option: Callable[[int], object] = self.socket.get  # zmq-anyio leaves it unannotated
+        get_option(zmq.EVENTS)
 
 
 async def _wait(future: Future[_T]) -> _T:
