@@ -467,14 +467,17 @@ class Kernel:
                     elif shell is not None:
                         shell.send.send_nowait(incoming)
                     else:
-                        self._status("busy", incoming.msg)
-                        self._reply(
-                            "shell",
-                            incoming.msg,
-                            _error_content("UnknownSubshell", f"no subshell {incoming.subshell!r}"),
-                        )
-                        self._status("idle", incoming.msg)
+                        self._refuse_unknown_subshell(incoming)
         raise AssertionError("unreachable")
+
+    def _refuse_unknown_subshell(self, incoming: _Incoming) -> None:
+        msg = incoming.msg
+        log.warning("%s for unknown subshell %r", msg.msg_type, incoming.subshell)
+        self._status("busy", msg)
+        if msg.msg_type.endswith("_request"):
+            error = _error_content("UnknownSubshell", f"no subshell {incoming.subshell!r}")
+            self._reply("shell", msg, error)
+        self._status("idle", msg)
 
     def _open_shell(self, subshell: str | None) -> None:
         """Main loop: start the task that runs the requests of ``subshell``."""
