@@ -12,6 +12,7 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -764,3 +765,22 @@ def test_any_json_content_round_trips(
     assert dict(received.metadata) == metadata
     assert list(received.buffers) == buffers
     assert list(received.identities) == identities
+
+
+def test_a_header_nested_deeper_than_clients_can_read_is_refused() -> None:
+    from trikernel.protocol.wire import MAX_HEADER_DEPTH
+
+    sender = Session(key=b"k", session_id="s")
+    receiver = Session(key=b"k")
+    for depth, ok in ((MAX_HEADER_DEPTH - 1, True), (MAX_HEADER_DEPTH + 5, False)):
+        nested: object = "leaf"
+        for _ in range(depth):
+            nested = [nested]
+        msg = sender.msg("kernel_info_request")
+        header = attrs.evolve(msg.header, extra={"x": nested})
+        frames = sender.pack(attrs.evolve(msg, header=header))
+        if ok:
+            assert receiver.unpack(frames).header.extra["x"] == nested
+        else:
+            with pytest.raises(MessageFormatError, match="deeper than"):
+                receiver.unpack(frames)

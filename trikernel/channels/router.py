@@ -1,9 +1,9 @@
 """The loop shared by the three request channels (shell, control, stdin): ROUTER sockets.
 
 Invariants:
-- Frames that do not unpack (bad signature, replay, bad framing or JSON) are dropped with one
-  log line naming the reason, and nothing is sent back: an unauthenticated sender learns
-  nothing, and no handler ever sees the message.
+- Frames that do not unpack (bad signature, replay, bad framing or JSON) are dropped with a
+  log line naming the reason (one per second at most, with a count of the rest), and nothing
+  is sent back: an unauthenticated sender learns nothing, and no handler sees the message.
 - ``on_message`` is called in the io loop, in arrival order, and must not block: it either
   handles the message at once or hands it on (to the main loop, or to a task).
 - Replies go out through the channel's outbox (a :class:`~trikernel.handoff.Mailbox`), which any
@@ -13,9 +13,12 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
+import attrs
 import trio
 import zmq
 
@@ -42,6 +45,7 @@ async def serve_router(
     """Bind ``channel``'s ROUTER, report (port, outbox), then receive and send until cancelled."""
     async with open_socket(ctx, zmq.ROUTER, conn, channel) as sock, trio.open_nursery() as nursery:
         outbox: Outbox = Mailbox(trio.lowlevel.current_trio_token())
+        dropped = _DropLog()
         nursery.start_soon(_send_outbox, sock, session, outbox, channel)
         task_status.started((sock.port, outbox))
         while True:
@@ -49,9 +53,30 @@ async def serve_router(
             try:
                 msg = session.unpack(frames)
             except WireError as exc:
-                log.warning("%s: dropped a message: %s", channel, exc)
+                dropped.note(channel, exc)
                 continue
             on_message(msg)
+
+
+@attrs.define
+class _DropLog:
+    """One warning line per second at most for dropped messages, with the count left out.
+
+    Each drop is logged with its reason, but a flood of unauthenticated messages must not
+    become a flood of log lines.
+    """
+
+    _last: float = -math.inf
+    _suppressed: int = 0
+
+    def note(self, channel: str, exc: WireError) -> None:
+        now = time.monotonic()
+        if now - self._last < 1.0:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more dropped since the last line)" if self._suppressed else ""
+        log.warning("%s: dropped a message: %s%s", channel, exc, more)
+        self._last, self._suppressed = now, 0
 
 
 async def _send_outbox(sock: FrameSocket, session: Session, outbox: Outbox, channel: str) -> None:

@@ -132,6 +132,9 @@ class Header:
         for key in ("username", "date", "version"):
             if not isinstance(d.get(key, ""), str):
                 raise MessageFormatError(f"header field {key!r} is not a string")
+        if _too_deep(d, MAX_HEADER_DEPTH):
+            # It is echoed as parent_header to every client: jupyter_client's parser recurses.
+            raise MessageFormatError(f"header nests deeper than {MAX_HEADER_DEPTH} levels")
         return cls._from_dict(d, raw)
 
     @classmethod
@@ -150,6 +153,26 @@ class Header:
 
 
 _HEADER_FIELDS = frozenset({"msg_id", "msg_type", "session", "username", "date", "version"})
+
+#: How deep a header's values may nest; a header is a flat object in every client we know.
+MAX_HEADER_DEPTH = 32
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether ``value`` nests lists/objects more than ``limit`` levels (no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Sequence[object] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 @attrs.frozen
