@@ -166,3 +166,21 @@ def stream_text(msgs: list[Msg], name: str = "stdout") -> str:
     return "".join(
         m["content"]["text"] for m in outputs(msgs, "stream") if m["content"]["name"] == name
     )
+
+
+def merge_streams(msgs: list[Msg]) -> list[Msg]:
+    """Messages with adjacent text of one stream joined, as a frontend shows them (a printed
+    line may come in two pieces, either side of a flush)."""
+    merged: list[Msg] = []
+    for m in msgs:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and m["msg_type"] == last["msg_type"] == "stream"
+            and m["content"]["name"] == last["content"]["name"]
+        ):
+            text = last["content"]["text"] + m["content"]["text"]
+            merged[-1] = {**last, "content": {**last["content"], "text": text}}
+        else:
+            merged.append(m)
+    return merged

@@ -14,7 +14,7 @@ import pytest
 import zmq
 from jupyter_client import BlockingKernelClient
 
-from tests.kernel.conftest import TIMEOUT, Kernel, outputs, stream_text
+from tests.kernel.conftest import TIMEOUT, Kernel, merge_streams, outputs, stream_text
 
 # A cell that holds the GIL in one C call for many seconds (the regex engine backtracks).
 GIL_HOLDING = "import re; re.match(r'(a+)+$', 'a'*28 + 'b')"
@@ -32,7 +32,7 @@ def test_messages_of_a_cell_in_order(kernel: Kernel) -> None:
     code = "print('a'); from IPython.display import display; display('d'); print('b'); 'r'"
     _, msgs = kernel.execute(code)
     # Adjacent stream messages are one text to a frontend (a line may come in two pieces).
-    msgs = _merge_streams(msgs)
+    msgs = merge_streams(msgs)
     types = [m["msg_type"] for m in msgs]
     assert types == [
         "status",
@@ -46,22 +46,6 @@ def test_messages_of_a_cell_in_order(kernel: Kernel) -> None:
     assert msgs[0]["content"]["execution_state"] == "busy"
     assert msgs[1]["content"]["code"] == code
     assert [m["content"]["text"] for m in outputs(msgs, "stream")] == ["a\n", "b\n"]
-
-
-def _merge_streams(msgs: list[dict]) -> list[dict]:
-    merged: list[dict] = []
-    for m in msgs:
-        last = merged[-1] if merged else None
-        if (
-            last
-            and m["msg_type"] == last["msg_type"] == "stream"
-            and (m["content"]["name"] == last["content"]["name"])
-        ):
-            text = last["content"]["text"] + m["content"]["text"]
-            merged[-1] = {**last, "content": {**last["content"], "text": text}}
-        else:
-            merged.append(m)
-    return merged
 
 
 def test_error_reply_and_message(kernel: Kernel) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import uuid
 
-from tests.kernel.conftest import TIMEOUT, Kernel, outputs, stream_text
+from tests.kernel.conftest import TIMEOUT, Kernel, merge_streams, outputs, stream_text
 
 
 def ok(kernel: Kernel, code: str, **kwargs: object) -> list[dict]:
@@ -149,15 +149,10 @@ def test_figures_shown_in_a_loop_appear_in_order(kernel: Kernel) -> None:
         "    print('figure', i)\n"
         "    plt.show()",
     )
-    # Adjacent stream messages are one text: print() writes its pieces separately, and the
-    # flush timer may send a line in two messages.
-    kinds: list[tuple[str, str | None]] = []
-    for m in outputs(msgs, "stream", "display_data"):
-        text = m["content"].get("text")
-        if kinds and m["msg_type"] == "stream" and kinds[-1][0] == "stream":
-            kinds[-1] = ("stream", f"{kinds[-1][1]}{text}")
-        else:
-            kinds.append((m["msg_type"], text))
+    kinds = [
+        (m["msg_type"], m["content"].get("text"))
+        for m in merge_streams(outputs(msgs, "stream", "display_data"))
+    ]
     assert kinds == [
         ("stream", "figure 0\n"),
         ("display_data", None),
