@@ -54,7 +54,8 @@ def _kernel_parser() -> argparse.ArgumentParser:
         "--start-interface",
         default=None,
         help="import path (pkg.mod:factory) or file (path.py:factory) of a callable that "
-        "takes the settings and returns the Kernel to run (a wrapper kernel)",
+        "takes connection=, settings= and connection_file= and returns the Kernel to run "
+        "(a wrapper kernel)",
     )
     parser.add_argument("--version", action="version", version=f"trikernel {__version__}")
     return parser

@@ -159,11 +159,6 @@ class UserCode(trio.abc.Instrument):
                     if self._idle is not None:
                         self._idle.set()
 
-    @property
-    def busy(self) -> bool:
-        """Whether any request's user code is running."""
-        return bool(self._running)
-
     async def wait_idle(self) -> None:
         """Wait until no request's user code runs (main loop)."""
         while self._running:

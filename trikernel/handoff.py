@@ -110,9 +110,6 @@ class Mailbox(Generic[T]):
                 return items
             await self._event.wait()
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 async def run_loop_in_thread(
     async_fn: Callable[[Callable[[T], None]], Awaitable[object]],

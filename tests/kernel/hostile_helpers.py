@@ -199,25 +199,13 @@ class Wire:
     # -- receiving ---------------------------------------------------------------------------
 
     def recv(self, timeout: float = TIMEOUT) -> Msg:
-        if not self.sock.poll(timeout * 1000):
-            raise AssertionError(f"nothing received within {timeout} s")
-        return parse(self.sock.recv_multipart(), self.key)
+        return receive(self.sock, self.key, timeout)
 
     def until(self, msg_id: str, timeout: float = TIMEOUT) -> list[Msg]:
         """Everything received up to and including the reply to ``msg_id``."""
-        deadline = time.monotonic() + timeout
-        seen: list[Msg] = []
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"no reply to {msg_id} within {timeout} s; saw "
-                    f"{[(m['msg_type'], parent_id(m)) for m in seen]}"
-                )
-            msg = self.recv(remaining)
-            seen.append(msg)
-            if parent_id(msg) == msg_id:
-                return seen
+        return receive_until(
+            self.sock, self.key, lambda m: parent_id(m) == msg_id, timeout, f"no reply to {msg_id}"
+        )
 
     def reply(self, msg_id: str, timeout: float = TIMEOUT) -> Msg:
         """The reply to ``msg_id``; fails if anything else arrives before it."""
@@ -250,25 +238,37 @@ class Subscriber:
         self.sock.close(linger=0)
 
     def recv(self, timeout: float = TIMEOUT) -> Msg:
-        if not self.sock.poll(timeout * 1000):
-            raise AssertionError(f"nothing on iopub within {timeout} s")
-        return parse(self.sock.recv_multipart(), self.key)
+        return receive(self.sock, self.key, timeout)
 
     def until(self, predicate: Any, timeout: float = TIMEOUT) -> list[Msg]:
         """iopub messages up to and including the first that matches ``predicate``."""
-        deadline = time.monotonic() + timeout
-        seen: list[Msg] = []
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"iopub: condition not met within {timeout} s; saw {len(seen)} messages, "
-                    f"last {[m['msg_type'] for m in seen[-5:]]}"
-                )
-            msg = self.recv(remaining)
-            seen.append(msg)
-            if predicate(msg):
-                return seen
+        return receive_until(self.sock, self.key, predicate, timeout, "iopub: condition not met")
+
+
+def receive(sock: zmq.Socket[bytes], key: bytes, timeout: float = TIMEOUT) -> Msg:
+    """One message from ``sock``, checked with ``key``; fails after ``timeout`` seconds."""
+    if not sock.poll(timeout * 1000):
+        raise AssertionError(f"nothing received within {timeout} s")
+    return parse(sock.recv_multipart(), key)
+
+
+def receive_until(
+    sock: zmq.Socket[bytes], key: bytes, predicate: Any, timeout: float, failure: str
+) -> list[Msg]:
+    """Messages from ``sock`` up to and including the first matching ``predicate``."""
+    deadline = time.monotonic() + timeout
+    seen: list[Msg] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(
+                f"{failure} within {timeout} s; saw {len(seen)} messages, last "
+                f"{[(m['msg_type'], parent_id(m)) for m in seen[-5:]]}"
+            )
+        msg = receive(sock, key, remaining)
+        seen.append(msg)
+        if predicate(msg):
+            return seen
 
 
 def is_idle_of(msg_id: str) -> Any:

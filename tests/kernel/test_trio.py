@@ -33,11 +33,13 @@ def test_memory_channel_lives_across_cells(kernel: Kernel) -> None:
     # An unbuffered channel: the send only completes when another task receives.
     ok(
         kernel,
-        "async def echo():\n    async for item in receive:\n        print('got', item)\n"
-        "echo_task = trikernel_bg = __import__('trikernel').background.start_soon(echo)",
+        "import trikernel\nreceived = []\n"
+        "async def collect():\n    async for item in receive:\n        received.append(item)\n"
+        "trikernel.background.start_soon(collect)",
     )
-    msgs = ok(kernel, "await send.send('across cells')\n'sent'")
-    assert result_text(msgs) == "'sent'"
+    msgs = ok(kernel, "await send.send('across cells')\nawait trio.sleep(0)\nreceived")
+    assert result_text(msgs) == "['across cells']"
+    ok(kernel, "trikernel.background.cancel('collect')")
 
 
 def test_tcp_stream_to_a_local_server_across_cells(kernel: Kernel) -> None:

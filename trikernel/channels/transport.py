@@ -72,15 +72,6 @@ class FrameSocket:
         # copy=True (the default) means bytes, not zmq.Frame.
         return cast("list[bytes]", await _wait(self.socket.arecv_multipart()))
 
-    def recv_nowait(self) -> list[bytes] | None:
-        """Receive one multipart message if one is waiting, else None."""
-        try:
-            frames: list[bytes] = self.raw.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return None
-        self._rearm()
-        return frames
-
     async def send(self, frames: Sequence[bytes]) -> None:
         """Send one multipart message (awaits only if ZeroMQ cannot take it now)."""
         try:
