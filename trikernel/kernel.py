@@ -22,6 +22,7 @@ wrapper kernel subclasses :class:`Kernel` and overrides them.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import math
 import os
@@ -355,7 +356,7 @@ class Kernel:
                 self._io_nursery = nursery
                 ports: dict[Channel, int] = {}
                 ports["hb"] = await nursery.start(serve_heartbeat, ctx, conn)
-                streams = self.settings.streams
+                streams, iopub = self.settings.streams, self.settings.iopub
                 ports["iopub"], self._iopub = await nursery.start(
                     lambda task_status: serve_iopub(
                         ctx,
@@ -363,11 +364,21 @@ class Kernel:
                         session,
                         flush_interval=streams.flush_interval,
                         max_batch_bytes=streams.max_batch_bytes,
+                        max_pending_bytes=streams.max_pending_bytes,
+                        hwm=iopub.hwm,
+                        stall_timeout=iopub.stall_timeout,
                         task_status=task_status,
                     )
                 )
+                iopub_room = functools.partial(self._iopub.wait_for_room, text=False)
+                ports["control"], self._outboxes["control"] = await nursery.start(
+                    functools.partial(serve_control, ready=iopub_room),
+                    ctx,
+                    conn,
+                    session,
+                    self._on_control,
+                )
                 routers: list[tuple[Channel, Any, Callable[[Message], None]]] = [
-                    ("control", serve_control, self._on_control),
                     ("stdin", serve_stdin, self._on_stdin),
                     ("shell", serve_shell, self._on_shell),
                 ]

@@ -21,6 +21,7 @@ import attrs
 
 __all__ = [
     "ExecutionSettings",
+    "IOPubSettings",
     "KernelSettings",
     "SettingsError",
     "ShutdownSettings",
@@ -67,6 +68,23 @@ class StreamSettings:
     max_batch_bytes: int = attrs.field(default=1 << 20, validator=_non_negative)
     """Send at once when this many bytes are waiting, without waiting for the timer."""
 
+    max_pending_bytes: int = attrs.field(default=32 << 20, validator=_non_negative)
+    """Text that may wait in the kernel for iopub; a thread that writes more waits until the
+    frontends have taken some (``print`` blocks, as on a full pipe). 0: no limit."""
+
+
+@attrs.frozen(kw_only=True)
+class IOPubSettings:
+    """How the kernel waits for frontends that read iopub slowly (the ``iopub.*`` settings)."""
+
+    hwm: int = attrs.field(default=1000, validator=_non_negative)
+    """Messages ZeroMQ may hold for each subscriber; at this mark the kernel waits for the
+    subscriber instead of dropping. 0: no limit (memory grows while a subscriber lags)."""
+
+    stall_timeout: float = attrs.field(default=10.0, validator=_non_negative)
+    """Seconds the kernel waits for a subscriber at ``hwm`` that reads nothing; after that it
+    stops waiting, and messages that subscriber has no room for are dropped for it (logged)."""
+
 
 @attrs.frozen(kw_only=True)
 class ShutdownSettings:
@@ -82,6 +100,7 @@ class KernelSettings:
 
     shell: ExecutionSettings = attrs.Factory(ExecutionSettings)
     streams: StreamSettings = attrs.Factory(StreamSettings)
+    iopub: IOPubSettings = attrs.Factory(IOPubSettings)
     shutdown: ShutdownSettings = attrs.Factory(ShutdownSettings)
     log_level: str = attrs.field(default="WARNING", converter=_upper)
     """Level of the kernel's own log on stderr (DEBUG, INFO, WARNING, ERROR)."""

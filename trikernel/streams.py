@@ -1,4 +1,7 @@
-"""``sys.stdout`` and ``sys.stderr`` while the kernel runs: text goes to iopub, never blocks.
+"""``sys.stdout`` and ``sys.stderr`` while the kernel runs: text goes to iopub.
+
+A write returns at once unless the iopub queue is full (frontends not keeping up, see
+:mod:`trikernel.channels.iopub`); then it waits, as a write to a full pipe does.
 
 Each write is attributed to the request whose context it is written in (a contextvar, which
 trio copies into tasks a cell spawns), falling back to the latest request for writes from
@@ -117,7 +120,9 @@ class FdCapture:
                     break
                 chunks.append(data)
             if chunks:
-                self._queue.write(self.name, self._decoder.decode(b"".join(chunks)), self._parent())
+                # Never waits for room: the io loop drains here too, and it is what makes room.
+                text = self._decoder.decode(b"".join(chunks))
+                self._queue.write(self.name, text, self._parent(), wait=False)
 
     async def serve(self) -> None:
         """Read the pipe as it fills, until the descriptor is restored (io loop)."""
@@ -127,6 +132,8 @@ class FdCapture:
             except (OSError, trio.ClosedResourceError):
                 return
             self.drain()
+            # While the queue is full the pipe is left to fill, and then its writer waits.
+            await self._queue.wait_for_room()
 
     def restore(self) -> None:
         """Point the descriptor back where it was (after the io loop ended: nobody reads)."""

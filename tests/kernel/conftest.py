@@ -6,11 +6,17 @@ with a timeout that fails the test loudly; none sleeps a guessed time.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 from jupyter_client import BlockingKernelClient, KernelManager
 
 from tests.conftest import TEST_KERNEL
@@ -127,6 +133,10 @@ def start_kernel() -> Kernel:
     km = KernelManager(kernel_name=TEST_KERNEL)
     km.start_kernel()
     kc = km.client()
+    # The tests read iopub when they need it, sometimes after tens of thousands of messages:
+    # with no limit on this client's queue, the kernel never waits for it (a frontend that
+    # lets messages pile up past its limit is left behind, see docs/architecture.md).
+    kc.context.setsockopt(zmq.RCVHWM, 0)
     kc.start_channels()
     kc.wait_for_ready(timeout=TIMEOUT)
     return Kernel(km, kc)
@@ -184,3 +194,64 @@ def merge_streams(msgs: list[Msg]) -> list[Msg]:
         else:
             merged.append(m)
     return merged
+
+
+class StderrWatcher:
+    """Reads a process's stderr on a thread; lets a test wait for a line (no polling)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = TIMEOUT) -> str:
+        with self._cond:
+            found = self._cond.wait_for(
+                lambda: any(text in line for line in self.lines), timeout=timeout
+            )
+            assert found, f"{text!r} not on stderr within {timeout} s: {self.lines}"
+            return next(line for line in self.lines if text in line)
+
+    def join(self) -> None:
+        self._thread.join(timeout=TIMEOUT)
+
+
+RunKernel = Callable[..., tuple[subprocess.Popen[str], StderrWatcher]]
+
+
+@pytest.fixture
+def run_kernel() -> Iterator[RunKernel]:
+    """``run_kernel(connection_file, *args)``: ``python -m trikernel``, killed after the test.
+
+    For tests that need the kernel's command line or its stderr; the connection file is
+    written by the kernel when it does not exist."""
+    procs: list[tuple[subprocess.Popen[str], StderrWatcher]] = []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+    def start(path: Path, *args: str) -> tuple[subprocess.Popen[str], StderrWatcher]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trikernel", "-f", str(path), *args],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        watcher = StderrWatcher(proc)
+        procs.append((proc, watcher))
+        return proc, watcher
+
+    yield start
+    for proc, watcher in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        watcher.join()
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -222,10 +223,18 @@ class Subscriber:
     key: bytes
 
     @classmethod
-    def connect(cls, ctx: zmq.Context[zmq.Socket[bytes]], info: Mapping[str, Any]) -> Subscriber:
+    def connect(
+        cls, ctx: zmq.Context[zmq.Socket[bytes]], info: Mapping[str, Any], *, rcvhwm: int = 0
+    ) -> Subscriber:
+        """Subscribe to everything; return once the kernel's welcome arrived.
+
+        Args:
+            rcvhwm: messages this client's ZeroMQ queue holds; 0 (no limit) means the kernel
+                never waits for this subscriber, however late the test reads.
+        """
         sock = ctx.socket(zmq.SUB)
         sock.linger = 0
-        sock.rcvhwm = 0
+        sock.rcvhwm = rcvhwm
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.connect(f"tcp://{info['ip']}:{info['iopub_port']}")
         key = info["key"]
@@ -287,3 +296,11 @@ def stream_of(msgs: Iterable[Msg], msg_id: str, name: str = "stdout") -> str:
         for m in msgs
         if m["msg_type"] == "stream" and m["content"]["name"] == name and parent_id(m) == msg_id
     )
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (Linux: /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -35,7 +33,7 @@ import zmq
 from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
-from tests.kernel.conftest import Kernel, outputs, stream_text
+from tests.kernel.conftest import Kernel, RunKernel, outputs, stream_text
 from tests.kernel.hostile_helpers import (
     DELIMITER,
     TIMEOUT,
@@ -49,6 +47,7 @@ from tests.kernel.hostile_helpers import (
     new_header,
     parent_id,
     parse,
+    rss_mib,
     stream_of,
 )
 
@@ -834,29 +833,39 @@ def test_client_that_vanishes_mid_request(
 
 # -- load --------------------------------------------------------------------------------------
 
-# Full size (not scaled down): ~11 s on this 2-core box, about half of it the paced cell.
-FLOOD = 20_000
-LINES = 20_000
+FLOOD = 100_000
+MEMORY_GROWTH = 64  # MiB the kernel may grow during the flood (it grew ~6 in tries here)
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
 def test_control_flood_while_a_cell_prints(
     fresh_kernel: Kernel,
     connect: Callable[..., Wire],
     subscribe: Callable[[Kernel], Subscriber],
+    tmp_path: Path,
 ) -> None:
-    """Every control request gets exactly one reply; every printed line arrives once, in order."""
+    """100,000 control requests sent without waiting while a cell prints: every request gets
+    exactly one reply, every printed line arrives once and in order, and the kernel's memory
+    stays flat (each reply and status is sent as it is made)."""
+    pid = fresh_kernel.km.provisioner.process.pid  # type: ignore[union-attr]
     iopub = subscribe(fresh_kernel)
     shell = connect(fresh_kernel, "shell")
     control = connect(fresh_kernel, "control")
-    # Paced so that it is still printing while the flood is answered.
+    stop = tmp_path / "stop"
+    # Prints, paced, for as long as the flood lasts, then says how many lines it printed.
     code = (
-        f"import time\nfor i in range({LINES}):\n"
+        "import os, time\ni = 0\n"
+        f"while not os.path.exists({str(stop)!r}):\n"
         "    print(i)\n"
-        "    if i % 20 == 0: time.sleep(0.005)"
+        "    i += 1\n"
+        "    if i % 20 == 0: time.sleep(0.005)\n"
+        "print(f'END {i}')"
     )
     cell = shell.request("execute_request", {"code": code})
     first = iopub.until(lambda m: m["msg_type"] == "stream" and parent_id(m) == cell)
+    before = rss_mib(pid)
+    peak = before
     # Send without waiting for replies; read what has come back whenever the socket is busy.
     sent: list[str] = []
     replies: Counter[str] = Counter()
@@ -873,28 +882,40 @@ def test_control_flood_while_a_cell_prints(
             assert msg["msg_type"] == "kernel_info_reply"
             replies[parent_id(msg) or ""] += 1
             progress = time.monotonic()
+            if replies.total() % 10_000 == 0:
+                peak = max(peak, rss_mib(pid))
         elif events & zmq.POLLOUT and len(sent) < FLOOD:
             sent.append(control.request("kernel_info_request"))
             progress = time.monotonic()
         if len(sent) == FLOOD:
             poller.modify(control.sock, zmq.POLLIN)
+    stop.touch()
     assert sync_control(control) == [], "a request was answered twice"
     assert set(replies) == set(sent)
     assert max(replies.values()) == 1
     assert shell.reply(cell, timeout=60)["content"]["status"] == "ok"
     rest = iopub.until(is_idle_of(cell), timeout=60)
-    printed = stream_of([*first, *rest], cell)
-    assert printed == "".join(f"{i}\n" for i in range(LINES))
-    assert_alive(fresh_kernel)
+    *lines, end = stream_of([*first, *rest], cell).splitlines()
+    assert end.startswith("END "), end
+    assert lines == [str(i) for i in range(int(end.removeprefix("END ")))]
+    print(f"{FLOOD} replies while {len(lines)} lines printed; RSS {before:.0f} -> {peak:.0f} MiB")
+    assert peak - before < MEMORY_GROWTH
+    # Alive and well, checked on the raw sockets: jupyter_client's own client would first
+    # have to parse the 300,000 messages of the flood waiting on its iopub socket.
+    assert fresh_kernel.km.is_alive()
+    check = shell.request("execute_request", {"code": "1+1"})
+    assert shell.reply(check)["content"]["status"] == "ok"
+    [result] = outputs(iopub.until(is_idle_of(check)), "execute_result")
+    assert result["content"]["data"]["text/plain"] == "2"
 
 
 # -- output at shutdown ------------------------------------------------------------------------
 
-SHUTDOWN_LINES = 200_000
+SHUTDOWN_LINES = 1_000_000
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("when", ["after_first_output", "immediately"])
+@pytest.mark.parametrize("when", ["after_first_output", "immediately", "after_the_reply"])
 def test_no_output_lost_when_shutdown_follows_printing(
     fresh_kernel: Kernel,
     connect: Callable[..., Wire],
@@ -906,7 +927,8 @@ def test_no_output_lost_when_shutdown_follows_printing(
     The shutdown stops the cell where it is; the cell's ``finally`` reports how far it got, so
     the test knows which lines were printed. Sent "immediately", the shutdown may win the race
     and the cell never starts (it is aborted: no output at all, which is fine); sent after the
-    first output, the cell is surely printing.
+    first output, the cell is surely printing. Sent as soon as the execute_reply arrives on
+    shell (the client has not read iopub yet), all 1,000,000 lines must come first.
     """
     iopub = subscribe(fresh_kernel)
     shell = connect(fresh_kernel, "shell")
@@ -925,6 +947,8 @@ def test_no_output_lost_when_shutdown_follows_printing(
     seen: list[Msg] = []
     if when == "after_first_output":
         seen += iopub.until(lambda m: m["msg_type"] == "stream" and parent_id(m) == cell)
+    elif when == "after_the_reply":
+        assert shell.reply(cell, timeout=60)["content"]["status"] == "ok"
     shutdown = control.request("shutdown_request", {"restart": False})
     seen += iopub.until(lambda m: m["msg_type"] == "shutdown_reply", timeout=30)
     assert parent_id(seen[-1]) == shutdown
@@ -938,6 +962,8 @@ def test_no_output_lost_when_shutdown_follows_printing(
         assert len(lines) in (done, done + 1), (len(lines), done)
         assert lines == [str(i) for i in range(len(lines))], "a line was lost or reordered"
         print(f"shutdown ({when}) stopped the cell after {len(lines)} of {SHUTDOWN_LINES} lines")
+    if when == "after_the_reply":
+        assert len(printed) == SHUTDOWN_LINES + 1
     fresh_kernel.wait_exit(timeout=5)
 
 
@@ -979,61 +1005,6 @@ def test_nothing_queued_runs_after_shutdown(
 # -- security defaults -------------------------------------------------------------------------
 
 
-class _StderrWatcher:
-    """Reads a process's stderr on a thread; lets a test wait for a line (no polling)."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-
-    def wait_for(self, text: str, timeout: float = TIMEOUT) -> str:
-        with self._cond:
-            found = self._cond.wait_for(
-                lambda: any(text in line for line in self.lines), timeout=timeout
-            )
-            assert found, f"{text!r} not on stderr within {timeout} s: {self.lines}"
-            return next(line for line in self.lines if text in line)
-
-    def join(self) -> None:
-        self._thread.join(timeout=TIMEOUT)
-
-
-@pytest.fixture
-def run_kernel() -> Iterator[Callable[..., tuple[subprocess.Popen[str], _StderrWatcher]]]:
-    """``run_kernel(connection_file, *args)``: ``python -m trikernel``, killed after the test."""
-    procs: list[tuple[subprocess.Popen[str], _StderrWatcher]] = []
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-
-    def start(path: Path, *args: str) -> tuple[subprocess.Popen[str], _StderrWatcher]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trikernel", "-f", str(path), *args],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        watcher = _StderrWatcher(proc)
-        procs.append((proc, watcher))
-        return proc, watcher
-
-    yield start
-    for proc, watcher in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        watcher.join()
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
 def _client_runs_one_plus_one(path: Path) -> None:
     kc = BlockingKernelClient(connection_file=str(path))
     kc.load_connection_file()
@@ -1066,7 +1037,7 @@ def _listening_addresses(ports: set[int]) -> set[tuple[str, int]]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
 def test_kernel_that_writes_its_connection_file_listens_on_loopback_only(
-    tmp_path: Path, run_kernel: Callable[..., tuple[subprocess.Popen[str], _StderrWatcher]]
+    tmp_path: Path, run_kernel: RunKernel
 ) -> None:
     path = tmp_path / "kernel.json"
     proc, stderr = run_kernel(path, "--log_level=INFO")
@@ -1084,7 +1055,7 @@ def test_kernel_that_writes_its_connection_file_listens_on_loopback_only(
 
 @pytest.mark.slow
 def test_empty_key_starts_with_a_loud_warning_and_serves(
-    tmp_path: Path, run_kernel: Callable[..., tuple[subprocess.Popen[str], _StderrWatcher]]
+    tmp_path: Path, run_kernel: RunKernel
 ) -> None:
     path = tmp_path / "kernel.json"
     write_connection_file(str(path), ip="127.0.0.1", key=b"")

@@ -8,6 +8,7 @@ import pytest
 
 from trikernel.settings import (
     ExecutionSettings,
+    IOPubSettings,
     KernelSettings,
     SettingsError,
     StreamSettings,
@@ -21,6 +22,9 @@ ALL_PATHS = {
     "shell.history",
     "streams.flush_interval",
     "streams.max_batch_bytes",
+    "streams.max_pending_bytes",
+    "iopub.hwm",
+    "iopub.stall_timeout",
     "shutdown.grace",
     "log_level",
 }
@@ -57,10 +61,23 @@ def test_every_listed_path_can_be_set() -> None:
         ),
         ({"streams.max_batch_bytes": 0}, KernelSettings(streams=StreamSettings(max_batch_bytes=0))),
         ({"shell.history": False}, KernelSettings(shell=ExecutionSettings(history=False))),
+        ({"iopub.hwm": "0"}, KernelSettings(iopub=IOPubSettings(hwm=0))),
+        ({"iopub.stall_timeout": 2}, KernelSettings(iopub=IOPubSettings(stall_timeout=2.0))),
         ({"log_level": "debug"}, KernelSettings(log_level="DEBUG")),
         ({"log_level": "Info"}, KernelSettings(log_level="INFO")),
     ],
-    ids=["float-str", "int-for-float", "float", "int-str", "int", "bool", "level", "level-mixed"],
+    ids=[
+        "float-str",
+        "int-for-float",
+        "float",
+        "int-str",
+        "int",
+        "bool",
+        "hwm-off",
+        "stall-int",
+        "level",
+        "level-mixed",
+    ],
 )
 def test_strings_and_typed_values(items: dict[str, object], expected: KernelSettings) -> None:
     assert parse_settings(items) == expected
@@ -153,6 +170,9 @@ def test_a_value_of_the_wrong_type_names_the_key(key: str, value: object) -> Non
         "shell.stop_on_error_timeout",
         "streams.flush_interval",
         "streams.max_batch_bytes",
+        "streams.max_pending_bytes",
+        "iopub.hwm",
+        "iopub.stall_timeout",
         "shutdown.grace",
     ],
 )
@@ -164,7 +184,13 @@ def test_negative_values_are_refused_naming_the_key(key: str, value: object) -> 
 
 @pytest.mark.parametrize(
     "key",
-    ["shell.timeout", "shell.stop_on_error_timeout", "streams.flush_interval", "shutdown.grace"],
+    [
+        "shell.timeout",
+        "shell.stop_on_error_timeout",
+        "streams.flush_interval",
+        "iopub.stall_timeout",
+        "shutdown.grace",
+    ],
 )
 def test_nan_is_refused(key: str) -> None:
     with pytest.raises(SettingsError, match=key.replace(".", r"\.")):

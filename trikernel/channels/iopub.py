@@ -1,18 +1,29 @@
 """The iopub channel: everything the kernel broadcasts, in the order it was made.
 
 Invariants:
-- :class:`IOPubQueue` is the only way to publish. Its methods are safe from any thread and
-  never block: user code printing on the main thread never waits for a socket.
+- :class:`IOPubQueue` is the only way to publish. Its methods are safe from any thread.
 - Order is kept across kinds: text printed before a ``display()`` or a status message is sent
   before it, because every message enters one FIFO and pending text is sealed into a
   ``stream`` message when anything else is published.
 - Text is batched: consecutive writes to the same stream for the same request become one
   ``stream`` message, sent when anything else is published, when ``flush()`` is called, when
   ``max_batch_bytes`` are waiting, or ``flush_interval`` after the first unsent write (two
-  intervals if the text stops mid-line, so a printed line is rarely cut in two).
-- Nothing is dropped by the queue. ZeroMQ's send high-water mark is disabled on this socket
-  (``sndhwm=0``) so that a slow subscriber delays nothing and loses nothing; memory is bounded
-  by what subscribers have not yet read.
+  intervals if the text stops mid-line, so a printed line is rarely cut in two). A message
+  carries at most 1 MiB of text; longer text goes out in pieces.
+- Memory is bounded, and output is delayed rather than dropped:
+  - ZeroMQ holds at most ``hwm`` messages for each subscriber (``sndhwm``). At that mark the
+    socket refuses the message for everyone (``XPUB_NODROP``), and the sender waits.
+  - The queue holds at most ``max_pending_bytes`` of text, and at most
+    ``MAX_PENDING_MESSAGES`` other messages. Past either, a thread that publishes waits until
+    the sender has taken what waits (``print`` blocks, as on a full pipe). The io loop's own
+    publishers never wait: they would wait for themselves. Instead the control channel stops
+    reading requests while too many messages wait (:meth:`IOPubQueue.wait_for_room`), so a
+    flood of requests is held back in ZeroMQ's queues and the client's, not in the kernel.
+  - A subscriber that reads nothing for ``stall_timeout`` seconds while the socket is at its
+    mark is left behind: the sender stops waiting, and messages go to every subscriber that
+    has room and are dropped for the ones that have none, with a warning in the kernel's log,
+    until every subscriber has room again. So a frontend that keeps reading loses nothing,
+    and one that stopped reading cannot stop the kernel.
 - Every new subscription (XPUB_VERBOSE) gets an ``iopub_welcome`` (protocol 5.4, JEP 65), so a
   client knows when it can stop waiting to be connected.
 """
@@ -31,9 +42,15 @@ import zmq
 from ..protocol import ConnectionInfo, Message, Session
 from .transport import FrameSocket, SentMarker, open_socket
 
-__all__ = ["IOPubQueue", "serve_iopub"]
+__all__ = ["MAX_PENDING_MESSAGES", "IOPubQueue", "serve_iopub"]
 
 log = logging.getLogger("trikernel")
+
+#: Messages other than text that may wait in the queue before publishers wait.
+MAX_PENDING_MESSAGES = 2000
+# Characters in one stream message. Pieces let encoding, signing and sending one overlap with
+# the transfer of the one before, and keep a subscriber's queue (counted in messages) small.
+_MAX_STREAM_CHARS = 1 << 20
 
 
 @attrs.define(eq=False)
@@ -54,29 +71,51 @@ class IOPubQueue:
         token: the io loop's token (the consumer's loop).
         flush_interval: seconds text may wait.
         max_batch_bytes: send without waiting once this much text waits.
+        max_pending_bytes: publishers in other threads wait while more text than this waits
+            (0: no limit).
     """
 
     session: Session
     token: trio.lowlevel.TrioToken
     flush_interval: float = 0.02
     max_batch_bytes: int = 1 << 20
+    max_pending_bytes: int = 32 << 20
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _room: threading.Condition = attrs.field(init=False)
+    _consumer: int = attrs.field(init=False, factory=threading.get_ident)
+    """The io loop's thread, whose publishers never wait (made in the io loop)."""
     _items: deque[Message | _Text | SentMarker] = attrs.field(init=False, factory=deque)
     _text_bytes: int = attrs.field(init=False, default=0)
+    _messages: int = attrs.field(init=False, default=0)
     _woken: bool = attrs.field(init=False, default=False)
     _urgent: bool = attrs.field(init=False, default=False)
     _event: trio.Event | None = attrs.field(init=False, default=None)
+    _taken: trio.Event | None = attrs.field(init=False, default=None)
+
+    @_room.default
+    def _make_room_condition(self) -> threading.Condition:
+        return threading.Condition(self._lock)
 
     def publish(self, msg: Message) -> None:
-        """Queue ``msg`` after everything queued before it; send as soon as possible."""
+        """Queue ``msg`` after everything queued before it; send as soon as possible.
+
+        Waits while the queue is full (see the module's invariants), unless called in the io
+        loop."""
         with self._lock:
             self._items.append(msg)
+            self._messages += 1
             wake = self._mark(urgent=True)
         if wake:
             self._post_wake()
+        self._wait_for_room()
 
-    def write(self, name: str, text: str, parent: Message | None) -> None:
-        """Queue ``text`` for stream ``name`` (``stdout``/``stderr``), attributed to ``parent``."""
+    def write(self, name: str, text: str, parent: Message | None, *, wait: bool = True) -> None:
+        """Queue ``text`` for stream ``name`` (``stdout``/``stderr``), attributed to ``parent``.
+
+        Waits while too much text waits (see the module's invariants), unless ``wait`` is false
+        or it is called in the io loop. The text is queued before the wait: an interrupt that
+        ends the wait loses nothing.
+        """
         if not text:
             return
         with self._lock:
@@ -89,6 +128,8 @@ class IOPubQueue:
             wake = self._mark(urgent=self._text_bytes >= self.max_batch_bytes)
         if wake:
             self._post_wake()
+        if wait:
+            self._wait_for_room()
 
     def flush(self) -> None:
         """Send waiting text now instead of at the end of the flush interval."""
@@ -106,6 +147,32 @@ class IOPubQueue:
         if wake:
             self._wake()
         await marker.event.wait()
+
+    def _full(self, *, text: bool = True) -> bool:
+        limit = self.max_pending_bytes
+        return self._messages > MAX_PENDING_MESSAGES or (text and 0 < limit < self._text_bytes)
+
+    def _wait_for_room(self) -> None:
+        if threading.get_ident() == self._consumer:
+            return
+        with self._room:
+            while self._full():
+                # Interruptible: SIGINT's handler runs here, and may raise KeyboardInterrupt.
+                self._room.wait()
+
+    async def wait_for_room(self, *, text: bool = True) -> None:
+        """Wait until the queue is not full (io loop only: its publishers never block).
+
+        Args:
+            text: also wait while too much text waits; false: only for the message count
+                (what a control request adds).
+        """
+        while True:
+            with self._lock:
+                if not self._full(text=text):
+                    return
+                self._taken = taken = trio.Event()
+            await taken.wait()
 
     def _mark(self, *, urgent: bool) -> bool:
         """Note new work (lock held); return whether the consumer must be woken."""
@@ -138,8 +205,13 @@ class IOPubQueue:
             items = list(self._items)
             self._items.clear()
             self._text_bytes = 0
+            self._messages = 0
             self._woken = False
             self._urgent = False
+            self._room.notify_all()
+            taken, self._taken = self._taken, None
+        if taken is not None:
+            taken.set()
         return items
 
     async def get_batch(self) -> list[Message | SentMarker]:
@@ -164,17 +236,21 @@ class IOPubQueue:
                         break
             items = self._take()
             if items:
-                return [self._as_message(item) for item in items]
+                return [msg for item in items for msg in self._as_messages(item)]
 
-    def _as_message(self, item: Message | _Text | SentMarker) -> Message | SentMarker:
-        if isinstance(item, _Text):
-            return self.session.msg(
+    def _as_messages(self, item: Message | _Text | SentMarker) -> list[Message | SentMarker]:
+        if not isinstance(item, _Text):
+            return [item]
+        text = "".join(item.parts)
+        return [
+            self.session.msg(
                 "stream",
-                {"name": item.name, "text": "".join(item.parts)},
+                {"name": item.name, "text": text[start : start + _MAX_STREAM_CHARS]},
                 parent=item.parent,
                 identities=[b"stream." + item.name.encode()],
             )
-        return item
+            for start in range(0, len(text), _MAX_STREAM_CHARS)
+        ]
 
 
 async def serve_iopub(
@@ -184,6 +260,9 @@ async def serve_iopub(
     *,
     flush_interval: float = 0.02,
     max_batch_bytes: int = 1 << 20,
+    max_pending_bytes: int = 32 << 20,
+    hwm: int = 1000,
+    stall_timeout: float = 10.0,
     task_status: trio.TaskStatus[tuple[int, IOPubQueue]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Bind the iopub XPUB socket, report (port, queue), then send what the queue holds."""
@@ -192,12 +271,15 @@ async def serve_iopub(
         trio.lowlevel.current_trio_token(),
         flush_interval=flush_interval,
         max_batch_bytes=max_batch_bytes,
+        max_pending_bytes=max_pending_bytes,
     )
+    options = {"xpub_verbose": 1, "sndhwm": hwm, "xpub_nodrop": int(hwm > 0)}
     async with (
-        open_socket(ctx, zmq.XPUB, conn, "iopub", xpub_verbose=1, sndhwm=0) as sock,
+        open_socket(ctx, zmq.XPUB, conn, "iopub", **options) as sock,
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(_welcome_subscribers, sock, session, queue)
+        sender = _Sender(sock, stall_timeout)
         task_status.started((sock.port, queue))
         while True:
             for item in await queue.get_batch():
@@ -210,7 +292,54 @@ async def serve_iopub(
                     # One unwritable message must not end the kernel's output for good.
                     log.exception("iopub: could not send %s", item.msg_type)
                     continue
-                await sock.send(frames)
+                await sender.send(frames)
+
+
+@attrs.define(eq=False)
+class _Sender:
+    """Sends on the XPUB socket; waits for subscribers at their mark, leaves stalled ones."""
+
+    sock: FrameSocket
+    stall_timeout: float
+    _blocked_since: float | None = None
+    """When a send was first refused since the last one that went to everyone."""
+    _dropping: int = 0
+    """Messages sent since a subscriber was left behind (each dropped for some subscriber)."""
+
+    async def send(self, frames: list[bytes]) -> None:
+        delay = 0.0005
+        while not self.sock.try_send(frames):
+            # XPUB never reports "not writable" (ZeroMQ's POLLOUT is always set), so a refused
+            # send is retried on a short, growing timer.
+            now = trio.current_time()
+            if self._blocked_since is None:
+                self._blocked_since = now
+            if self._dropping or now - self._blocked_since >= self.stall_timeout:
+                if not self._dropping:
+                    log.warning(
+                        "iopub: a subscriber has read nothing for %.1f s; messages it has no "
+                        "room for are dropped for it until it reads again",
+                        now - self._blocked_since,
+                    )
+                self._dropping += 1
+                self.sock.raw.xpub_nodrop = 0
+                try:
+                    self.sock.try_send(frames)  # never refused without XPUB_NODROP
+                finally:
+                    self.sock.raw.xpub_nodrop = 1
+                break
+            await trio.sleep(delay)
+            delay = min(2 * delay, 0.02)
+        else:
+            if self._dropping:
+                log.warning(
+                    "iopub: every subscriber has room again; %d messages were sent while one "
+                    "was left behind (it may have missed them)",
+                    self._dropping,
+                )
+            self._blocked_since = None
+            self._dropping = 0
+        await trio.lowlevel.checkpoint()
 
 
 async def _welcome_subscribers(sock: FrameSocket, session: Session, queue: IOPubQueue) -> None:

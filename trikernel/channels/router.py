@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import attrs
@@ -40,15 +40,22 @@ async def serve_router(
     session: Session,
     on_message: Callable[[Message], None],
     *,
+    ready: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Bind ``channel``'s ROUTER, report (port, outbox), then receive and send until cancelled."""
+    """Bind ``channel``'s ROUTER, report (port, outbox), then receive and send until cancelled.
+
+    ``ready``, if given, is awaited before each receive: while it waits, requests stay in
+    ZeroMQ's queue (and then the client's), which bounds what a flood costs the kernel.
+    """
     async with open_socket(ctx, zmq.ROUTER, conn, channel) as sock, trio.open_nursery() as nursery:
         outbox: Outbox = Mailbox(trio.lowlevel.current_trio_token())
         dropped = _DropLog()
         nursery.start_soon(_send_outbox, sock, session, outbox, channel)
         task_status.started((sock.port, outbox))
         while True:
+            if ready is not None:
+                await ready()
             frames = await sock.recv()
             try:
                 msg = session.unpack(frames)
@@ -117,14 +124,19 @@ async def serve_control(
     session: Session,
     on_message: Callable[[Message], None],
     *,
+    ready: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """The control channel: interrupt, shutdown, kernel_info, handled in the io loop.
 
     Its handlers never wait for the main thread to be free, so they answer while a cell
     blocks (and, thanks to the CPU tick of :mod:`trikernel.execution`, while it holds the GIL).
+    Each request publishes two statuses on iopub; ``ready`` holds reading back while iopub's
+    queue is full.
     """
-    await serve_router(ctx, conn, "control", session, on_message, task_status=task_status)
+    await serve_router(
+        ctx, conn, "control", session, on_message, ready=ready, task_status=task_status
+    )
 
 
 async def serve_stdin(

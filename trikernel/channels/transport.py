@@ -9,8 +9,9 @@ Invariants:
   await zmq-anyio only when the socket is not ready: zmq-anyio starts helper tasks for every
   awaited call, and under load most calls find the socket ready. Either way each call is a
   trio checkpoint, so a flood on one socket cannot starve the loop's other tasks.
-- Sends never block for long: ROUTER and XPUB sockets drop, rather than queue, past their
-  high-water mark (ZeroMQ's documented behaviour), so a vanished client cannot wedge a channel.
+- Sends on ROUTER sockets never block for long: past the high-water mark they drop (ZeroMQ's
+  documented behaviour), so a vanished client cannot wedge a channel. The iopub XPUB refuses
+  instead, and :mod:`trikernel.channels.iopub` decides how long to wait.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..protocol import Channel, ConnectionInfo
 __all__ = ["FrameSocket", "SentMarker", "bind", "open_socket"]
 
 _T = TypeVar("_T")
+_ZERO_COPY_BYTES = 1 << 16
 
 
 @attrs.define(eq=False)
@@ -74,13 +76,22 @@ class FrameSocket:
 
     async def send(self, frames: Sequence[bytes]) -> None:
         """Send one multipart message (awaits only if ZeroMQ cannot take it now)."""
-        try:
-            self.raw.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            await _wait(self.socket.asend_multipart(list(frames)))
-        else:
-            self._rearm()
+        if self.try_send(frames):
             await trio.lowlevel.checkpoint()
+        else:
+            await _wait(self.socket.asend_multipart(list(frames)))
+
+    def try_send(self, frames: Sequence[bytes]) -> bool:
+        """Send one multipart message if ZeroMQ takes it now; return whether it did."""
+        # Large frames are handed to ZeroMQ without a copy (pyzmq copies frames below its
+        # copy_threshold anyway); small ones are copied, which is cheaper than tracking them.
+        copy = all(len(frame) < _ZERO_COPY_BYTES for frame in frames)
+        try:
+            self.raw.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return False
+        self._rearm()
+        return True
 
     def _rearm(self) -> None:
         # zmq-anyio's get(EVENTS) reschedules its event handling when a pending receive (or
