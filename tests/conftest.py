@@ -37,6 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "display_name": "trikernel (tests)",
         "language": "python",
         "interrupt_mode": "message",
+        # As the shipped spec: lets a KernelManager with transport_encryption="required" start it.
+        "metadata": {"supported_encryption": ["curve"]},
         "env": env,
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))

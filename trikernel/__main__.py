@@ -48,7 +48,8 @@ def _kernel_parser() -> argparse.ArgumentParser:
         "--connection-file",
         required=True,
         type=Path,
-        help="connection file; created (mode 0600, random ports and key) if it does not exist",
+        help="connection file; created (mode 0600, random ports and key) if it does not exist; "
+        "curve_publickey and curve_secretkey in it encrypt every socket (CurveZMQ)",
     )
     parser.add_argument(
         "--start-interface",

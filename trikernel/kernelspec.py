@@ -12,6 +12,9 @@ What this module promises:
 * ``interrupt_mode`` is always ``"message"``: Jupyter interrupts by sending ``interrupt_request``
   on the control channel (protocol 5.3), never a SIGINT, which cancels the running cell's trio
   scope instead of raising ``KeyboardInterrupt`` at an arbitrary point.
+* ``metadata.supported_encryption`` is ``["curve"]`` unless ``metadata`` says otherwise: a
+  jupyter_client (8.9+) whose ``transport_encryption`` is ``"auto"`` or ``"required"`` then puts
+  CurveZMQ keys in the connection file, and the kernel encrypts all five sockets with them.
 * Settings are validated with :func:`trikernel.settings.parse_settings` before anything is
   written, so a kernelspec that would fail at start time is never installed.
 * A spec folder is built beside its destination and renamed into place: a failed write leaves the
@@ -343,7 +346,8 @@ def write_kernel_spec(
             ``start_interface.py`` in the spec folder. Imports it needs must be inside its body.
         connection_file: the connection file argument; keep the placeholder for Jupyter.
         env: environment variables Jupyter sets for the kernel process.
-        metadata: merged over the default metadata, ``{"debugger": False}``.
+        metadata: merged over the default metadata,
+            ``{"debugger": False, "supported_encryption": ["curve"]}``.
         **settings: dotted setting paths and values (``**{"shell.timeout": 0.1}``), written to
             argv as ``--shell.timeout=0.1``.
 
@@ -434,7 +438,7 @@ def _write_kernel_spec(
         "display_name": display_name if display_name is not None else f"Python 3 ({kernel_name})",
         "language": "python",
         "interrupt_mode": "message",
-        "metadata": {"debugger": False, **(metadata or {})},
+        "metadata": {"debugger": False, "supported_encryption": ["curve"], **(metadata or {})},
     }
     if env_dict:
         spec["env"] = env_dict

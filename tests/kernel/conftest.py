@@ -129,8 +129,9 @@ class Kernel:
         return time.monotonic() - start
 
 
-def start_kernel() -> Kernel:
-    km = KernelManager(kernel_name=TEST_KERNEL)
+def start_kernel(**manager_options: Any) -> Kernel:
+    """Start the test kernel; ``manager_options`` go to the ``KernelManager``."""
+    km = KernelManager(kernel_name=TEST_KERNEL, **manager_options)
     km.start_kernel()
     kc = km.client()
     # The tests read iopub when they need it, sometimes after tens of thousands of messages:

@@ -25,6 +25,10 @@ JUPYTER_CLIENT_FILE: dict[str, Any] = {
     "f": 1,
 }
 
+# A CurveZMQ key pair as zmq.curve_keypair() makes it (public, secret), for these tests only.
+CURVE_PUBLIC = "{#@xa)K3^D)ogvG!0K(M+md8G:V]z}/DH9C?7eWT"
+CURVE_SECRET = "RI%J)>aXH]Bwo8$>D4i41rFCTH^[?!0iz6Ru!uw-"
+
 
 def test_a_jupyter_client_file_is_read() -> None:
     info = ConnectionInfo.from_json(json.dumps(JUPYTER_CLIENT_FILE))
@@ -73,7 +77,81 @@ def test_to_json_writes_the_connection_file_keys() -> None:
         "key": "k",
         "signature_scheme": "hmac-sha256",
         "kernel_name": "",
-    }
+    }  # no Curve keys: clients take their presence to mean "encrypted"
+
+
+def test_curve_keys_are_read_from_a_jupyter_client_file() -> None:
+    file = {**JUPYTER_CLIENT_FILE, "curve_publickey": CURVE_PUBLIC, "curve_secretkey": CURVE_SECRET}
+    info = ConnectionInfo.from_json(json.dumps(file))
+    assert info.curve_publickey == CURVE_PUBLIC
+    assert info.curve_secretkey == CURVE_SECRET
+    assert info.key == JUPYTER_CLIENT_FILE["key"]
+
+
+def test_curve_keys_round_trip_and_are_written() -> None:
+    info = ConnectionInfo(
+        shell_port=5, key="k", curve_publickey=CURVE_PUBLIC, curve_secretkey=CURVE_SECRET
+    )
+    assert ConnectionInfo.from_json(info.to_json()) == info
+    written = json.loads(info.to_json())
+    assert written["curve_publickey"] == CURVE_PUBLIC
+    assert written["curve_secretkey"] == CURVE_SECRET
+    assert info.with_ports({"hb": 6}).curve_secretkey == CURVE_SECRET
+
+
+def test_without_curve_keys_none_are_read_or_written() -> None:
+    info = ConnectionInfo.from_json(json.dumps(JUPYTER_CLIENT_FILE))
+    assert info.curve_publickey is info.curve_secretkey is None
+    assert not {"curve_publickey", "curve_secretkey"} & json.loads(info.to_json()).keys()
+    # null is read as absent, as jupyter_client's clients read it.
+    nulls = {"curve_publickey": None, "curve_secretkey": None}
+    assert ConnectionInfo.from_dict(nulls) == ConnectionInfo()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"curve_publickey": CURVE_PUBLIC},
+        {"curve_secretkey": CURVE_SECRET},
+        {"curve_publickey": CURVE_PUBLIC, "curve_secretkey": None},
+    ],
+    ids=["public-only", "secret-only", "secret-null"],
+)
+def test_one_curve_key_alone_is_refused(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="curve_publickey and curve_secretkey go together"):
+        ConnectionInfo.from_dict(fields)
+    with pytest.raises(ValueError, match="go together"):
+        ConnectionInfo(**fields)
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        (CURVE_SECRET[:-1], "39 characters"),
+        (CURVE_SECRET + "0", "41 characters"),
+        ("", "0 characters"),
+        (CURVE_SECRET[:-1] + "~", "characters outside Z85"),
+        (CURVE_SECRET[:-1] + " ", "characters outside Z85"),
+        (CURVE_SECRET[:-1] + "\u00e9", "characters outside Z85"),
+        (CURVE_SECRET.encode(), "got bytes"),
+        (5, "got int"),
+        ([CURVE_SECRET], "got list"),
+    ],
+    ids=["short", "long", "empty", "tilde", "space", "non-ascii", "bytes", "int", "list"],
+)
+def test_a_malformed_curve_key_is_named_but_not_shown(key: object, problem: str) -> None:
+    for name in ("curve_publickey", "curve_secretkey"):
+        fields = {"curve_publickey": CURVE_PUBLIC, "curve_secretkey": CURVE_SECRET, name: key}
+        with pytest.raises(ValueError, match=f"^{name} must be a CurveZMQ key") as raised:
+            ConnectionInfo.from_dict(fields)
+        assert problem in str(raised.value)
+        assert CURVE_SECRET[:30] not in str(raised.value)
+
+
+def test_repr_leaves_out_the_curve_secret_key() -> None:
+    info = ConnectionInfo(curve_publickey=CURVE_PUBLIC, curve_secretkey=CURVE_SECRET)
+    assert CURVE_PUBLIC in repr(info)
+    assert CURVE_SECRET not in repr(info)
 
 
 def test_missing_keys_take_the_defaults() -> None:

@@ -144,7 +144,7 @@ def test_write_kernel_spec_writes_kernel_json_and_logos(tmp_path: Path) -> None:
         "display_name": "Python 3 (trikernel)",
         "language": "python",
         "interrupt_mode": "message",
-        "metadata": {"debugger": False},
+        "metadata": {"debugger": False, "supported_encryption": ["curve"]},
     }
     assert sorted(p.name for p in spec_dir.iterdir()) == sorted([*LOGOS, "kernel.json"])
     for name, size in LOGOS.items():
@@ -164,6 +164,14 @@ def test_written_spec_is_what_jupyter_client_loads(tmp_path: Path) -> None:
     assert spec.interrupt_mode == "message"
     assert spec.language == "python"
     assert spec.argv[1:] == ["-m", "trikernel", "-f", "{connection_file}"]
+    # What jupyter_client (8.9+) looks for before it gives a kernel CurveZMQ keys.
+    assert spec.metadata["supported_encryption"] == ["curve"]
+
+
+def test_shipped_kernel_json_is_what_write_kernel_spec_writes(tmp_path: Path) -> None:
+    """The spec `pip install` ships is hand-written; it must not drift from the generated one."""
+    shipped = Path(__file__).resolve().parents[2] / "share/jupyter/kernels/trikernel/kernel.json"
+    assert json.loads(shipped.read_text(encoding="utf-8")) == read_spec(write_kernel_spec(tmp_path))
 
 
 def test_fullpath_uses_this_interpreter(tmp_path: Path) -> None:
@@ -193,10 +201,14 @@ def test_env_values_must_be_strings(tmp_path: Path) -> None:
 
 def test_metadata_is_merged_over_the_defaults(tmp_path: Path) -> None:
     spec_dir = write_kernel_spec(tmp_path, metadata={"trikernel": {"flavour": "trio"}})
-    assert read_spec(spec_dir)["metadata"] == {"debugger": False, "trikernel": {"flavour": "trio"}}
+    assert read_spec(spec_dir)["metadata"] == {
+        "debugger": False,
+        "supported_encryption": ["curve"],
+        "trikernel": {"flavour": "trio"},
+    }
 
-    spec_dir = write_kernel_spec(tmp_path, metadata={"debugger": True})
-    assert read_spec(spec_dir)["metadata"] == {"debugger": True}
+    spec_dir = write_kernel_spec(tmp_path, metadata={"debugger": True, "supported_encryption": []})
+    assert read_spec(spec_dir)["metadata"] == {"debugger": True, "supported_encryption": []}
 
 
 def test_interrupt_mode_is_always_message(tmp_path: Path) -> None:

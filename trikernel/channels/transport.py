@@ -12,6 +12,9 @@ Invariants:
 - Sends on ROUTER sockets never block for long: past the high-water mark they drop (ZeroMQ's
   documented behaviour), so a vanished client cannot wedge a channel. The iopub XPUB refuses
   instead, and :mod:`trikernel.channels.iopub` decides how long to wait.
+- When the connection info has Curve keys, every socket is a CurveZMQ server before it is
+  bound (:func:`bind`, which the heartbeat uses too): no socket ever accepts a plain-text peer,
+  and a kernel that cannot encrypt refuses to start rather than serve plain text.
 """
 
 from __future__ import annotations
@@ -117,9 +120,17 @@ async def _wait(future: Future[_T]) -> _T:
 def bind(sock: zmq.Socket[bytes], conn: ConnectionInfo, channel: Channel) -> int:
     """Bind ``sock`` for ``channel``; choose a free port when the connection info has 0.
 
+    With Curve keys in ``conn``, ``sock`` is made a CurveZMQ server first.
+
     Returns:
         The port bound (for ipc, the number in the socket file's name).
+
+    Raises:
+        RuntimeError: ``conn`` has Curve keys but this libzmq was built without CurveZMQ.
+        ValueError: ``conn``'s Curve public key is not the secret key's.
     """
+    if conn.curve_publickey is not None and conn.curve_secretkey is not None:
+        _make_curve_server(sock, conn.curve_publickey, conn.curve_secretkey)
     port = conn.port(channel)
     if conn.transport == "tcp":
         if port == 0:
@@ -133,6 +144,24 @@ def bind(sock: zmq.Socket[bytes], conn: ConnectionInfo, channel: Channel) -> int
             port += 1
     sock.bind(conn.url(channel, port))
     return port
+
+
+def _make_curve_server(sock: zmq.Socket[bytes], public: str, secret: str) -> None:
+    """Make ``sock`` a CurveZMQ server (ZeroMQ RFC 25, ZMTP-CURVE).
+
+    Call before bind: libzmq copies a socket's options into each endpoint when it is bound.
+    """
+    if not zmq.has("curve"):
+        raise RuntimeError(
+            "the connection file has Curve keys, but this pyzmq's libzmq was built without "
+            "CurveZMQ (zmq.has('curve') is False): refusing to serve unencrypted sockets"
+        )
+    # A mismatched pair would bind fine and then fail every client's handshake, silently.
+    if zmq.curve_public(secret.encode("ascii")) != public.encode("ascii"):
+        raise ValueError("curve_publickey is not the public key of curve_secretkey")
+    sock.curve_secretkey = secret.encode("ascii")
+    sock.curve_publickey = public.encode("ascii")
+    sock.curve_server = True
 
 
 @asynccontextmanager

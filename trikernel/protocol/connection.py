@@ -1,4 +1,4 @@
-"""Connection information: which transport, address, ports and key the kernel uses.
+"""Connection information: which transport, address, ports and keys the kernel uses.
 
 Parsing and printing only; reading and writing the file is the kernel's job
 (:mod:`trikernel.kernel`), so this module stays free of I/O like the rest of the package.
@@ -26,6 +26,30 @@ def _port(value: object) -> int:
     return value
 
 
+# Z85 (ZeroMQ RFC 32), the text form of CurveZMQ keys: 32 bytes are 40 of these characters.
+_Z85 = frozenset(
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
+
+
+def _curve_key(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    # Say what is wrong without showing the value: it may be the secret key.
+    if not isinstance(value, str):
+        problem = type(value).__name__
+    elif len(value) != 40:
+        problem = f"{len(value)} characters"
+    elif not _Z85.issuperset(value):
+        problem = "characters outside Z85"
+    else:
+        return
+    raise ValueError(
+        f"{attribute.name} must be a CurveZMQ key, 40 characters of Z85 text as "
+        f"zmq.curve_keypair() makes; got {problem}"
+    )
+
+
 @attrs.frozen(kw_only=True)
 class ConnectionInfo:
     """The contents of a connection file (spec: "Connection files")."""
@@ -50,6 +74,21 @@ class ConnectionInfo:
     """``hmac-<hashlib digest>``."""
     kernel_name: str = ""
     """Name of the kernelspec the kernel was started from, if the launcher said."""
+    curve_publickey: str | None = attrs.field(default=None, validator=_curve_key)
+    """The kernel's CurveZMQ public key (Z85), which clients use as ``curve_serverkey``; None
+    (and so is ``curve_secretkey``) when the sockets are not encrypted."""
+    curve_secretkey: str | None = attrs.field(default=None, validator=_curve_key, repr=False)
+    """The matching secret key (Z85); given exactly when ``curve_publickey`` is. Left out of
+    ``repr``, so a logged ConnectionInfo does not carry it."""
+
+    def __attrs_post_init__(self) -> None:
+        # One key alone is a broken launcher, not a request for plain text: refuse it rather
+        # than serve unencrypted sockets to a client that expects encryption.
+        if (self.curve_publickey is None) != (self.curve_secretkey is None):
+            given = "curve_publickey" if self.curve_secretkey is None else "curve_secretkey"
+            raise ValueError(
+                f"curve_publickey and curve_secretkey go together, but only {given} is given"
+            )
 
     def port(self, channel: Channel) -> int:
         """The port of ``channel``."""
@@ -73,7 +112,8 @@ class ConnectionInfo:
         """Validate a parsed connection file; unknown keys are ignored.
 
         Raises:
-            ValueError: a field has the wrong type or the transport is unknown.
+            ValueError: a field has the wrong type, the transport is unknown, or only one of
+                the two Curve keys is given.
         """
         transport = d.get("transport", "tcp")
         if transport not in ("tcp", "ipc"):
@@ -83,6 +123,10 @@ class ConnectionInfo:
             if name in d:
                 if not isinstance(d[name], str):
                     raise ValueError(f"{name} must be a string, got {d[name]!r}")
+                fields[name] = d[name]
+        for name in ("curve_publickey", "curve_secretkey"):
+            # null reads as absent, as jupyter_client's clients read it.
+            if d.get(name) is not None:
                 fields[name] = d[name]
         for ch in CHANNELS:
             if f"{ch}_port" in d:
@@ -102,8 +146,9 @@ class ConnectionInfo:
         return cls.from_dict(d)
 
     def to_json(self) -> bytes:
-        """The connection file's text."""
-        return jsonutil.dumps(attrs.asdict(self))
+        """The connection file's text; the Curve keys only when there are some."""
+        # Only the Curve keys can be None: leave them out, as jupyter_client does.
+        return jsonutil.dumps({k: v for k, v in attrs.asdict(self).items() if v is not None})
 
     @staticmethod
     def new_key() -> str:
