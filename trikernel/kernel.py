@@ -107,9 +107,14 @@ class _Incoming:
         return _subshell_of(self.msg)
 
 
+# Stands for a subshell_id that is not a string: no subshell has it, so the request is refused
+# as one for an unknown subshell, rather than run in the parent shell.
+_NOT_A_STRING = "\0not a string"
+
+
 def _subshell_of(msg: Message) -> str | None:
     sid = msg.header.extra.get("subshell_id")
-    return sid if isinstance(sid, str) else None
+    return sid if sid is None or isinstance(sid, str) else _NOT_A_STRING
 
 
 @attrs.define(eq=False)
@@ -483,10 +488,16 @@ class Kernel:
 
     def _refuse_unknown_subshell(self, incoming: _Incoming) -> None:
         msg = incoming.msg
-        log.warning("%s for unknown subshell %r", msg.msg_type, incoming.subshell)
+        sid = msg.header.extra.get("subshell_id")
+        problem = (
+            f"no subshell {sid!r}"
+            if isinstance(sid, str)
+            else f"subshell_id must be a string, got {sid!r}"
+        )
+        log.warning("%s refused: %s", msg.msg_type, problem)
         self._status("busy", msg)
         if msg.msg_type.endswith("_request"):
-            error = _error_content("UnknownSubshell", f"no subshell {incoming.subshell!r}")
+            error = _error_content("UnknownSubshell", problem)
             self._reply("shell", msg, error)
         self._status("idle", msg)
 

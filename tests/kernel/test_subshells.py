@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.kernel.conftest import Kernel, outputs, stream_text
 
 
@@ -11,7 +13,7 @@ def control(kernel: Kernel, msg_type: str, content: dict[str, Any] | None = None
     return kernel.reply(kernel.control(msg_type, content), "control")["content"]
 
 
-def execute_in(kernel: Kernel, subshell: str | None, code: str) -> str:
+def execute_in(kernel: Kernel, subshell: object, code: str) -> str:
     msg = kernel.kc.session.msg(
         "execute_request",
         {
@@ -73,13 +75,25 @@ def test_failure_in_a_subshell_aborts_only_its_own_queue(kernel: Kernel) -> None
     control(kernel, "delete_subshell_request", {"subshell_id": subshell})
 
 
-def test_request_for_an_unknown_subshell_gets_an_error(kernel: Kernel) -> None:
-    msg_id = execute_in(kernel, "no-such-subshell", "1")
+@pytest.mark.parametrize(
+    ("subshell", "evalue"),
+    [
+        ("no-such-subshell", "no subshell 'no-such-subshell'"),
+        # Not a string: refused, never run in the parent shell as if no subshell were named.
+        (5, "subshell_id must be a string, got 5"),
+        (["a"], "subshell_id must be a string, got ['a']"),
+    ],
+    ids=["unknown", "number", "list"],
+)
+def test_request_for_an_unknown_subshell_gets_an_error(
+    kernel: Kernel, subshell: Any, evalue: str
+) -> None:
+    msg_id = execute_in(kernel, subshell, "print('ran')")
     reply = kernel.reply(msg_id)
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "UnknownSubshell"
-    statuses = [
-        m["content"]["execution_state"] for m in outputs(kernel.until_idle(msg_id), "status")
-    ]
-    assert statuses == ["busy", "idle"]
+    assert reply["content"]["evalue"] == evalue
+    msgs = kernel.until_idle(msg_id)
+    assert [m["content"]["execution_state"] for m in outputs(msgs, "status")] == ["busy", "idle"]
+    assert stream_text(msgs) == ""
     assert stream_text(kernel.execute("print('fine')")[1]) == "fine\n"
