@@ -200,7 +200,7 @@ class Kernel:
         self._shells: dict[str | None, _Shell] = {}  # main loop; None is the parent shell
         self._shell_nursery: trio.Nursery | None = None
         self._subshell_ids: set[str] = set()  # io loop: what list_subshell_request reports
-        self._pending_input: tuple[str, Callable[[Message], None]] | None = None
+        self._pending_input: tuple[str, Callable[[Message | None], None]] | None = None
         self._ports: dict[Channel, int] = {}
         # Set once the loops run:
         self._main_token: trio.lowlevel.TrioToken
@@ -383,14 +383,16 @@ class Kernel:
                     session,
                     self._on_control,
                 )
-                routers: list[tuple[Channel, Any, Callable[[Message], None]]] = [
-                    ("stdin", serve_stdin, self._on_stdin),
-                    ("shell", serve_shell, self._on_shell),
-                ]
-                for channel, serve, on_message in routers:
-                    ports[channel], self._outboxes[channel] = await nursery.start(
-                        serve, ctx, conn, session, on_message
-                    )
+                ports["stdin"], self._outboxes["stdin"] = await nursery.start(
+                    functools.partial(serve_stdin, on_unroutable=self._on_input_unroutable),
+                    ctx,
+                    conn,
+                    session,
+                    self._on_stdin,
+                )
+                ports["shell"], self._outboxes["shell"] = await nursery.start(
+                    serve_shell, ctx, conn, session, self._on_shell
+                )
                 started(ports)
                 await trio.sleep_forever()
         finally:
@@ -429,6 +431,12 @@ class Kernel:
             return
         self._pending_input = None
         pending[1](msg)
+
+    def _on_input_unroutable(self, request: Message) -> None:
+        pending = self._pending_input
+        if pending is not None and pending[0] == request.msg_id:
+            self._pending_input = None
+            pending[1](None)
 
     async def _run_io_request(self, channel: Channel, msg: Message) -> None:
         """Handle a control request (or interrupt/shutdown sent on shell) in the io loop."""
@@ -844,7 +852,7 @@ class Kernel:
         request = self._input_request(prompt, password)
         if request is None:
             return None
-        waiter: Future[Message] = Future()
+        waiter: Future[Message | None] = Future()
         self._pending_input = (request.msg_id, waiter.set_result)
         try:
             self._outboxes["stdin"].put(request)
@@ -861,9 +869,9 @@ class Kernel:
         if request is None:
             return None
         done = trio.Event()
-        replies: list[Message] = []
+        replies: list[Message | None] = []
 
-        def resolve(reply: Message) -> None:  # io loop
+        def resolve(reply: Message | None) -> None:  # io loop; None: could not be sent
             replies.append(reply)
             post(self._main_token, done.set)
 
@@ -943,7 +951,9 @@ def _end_child_processes() -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _input_value(reply: Message) -> str:
+def _input_value(reply: Message | None) -> str:
+    if reply is None:  # the input_request could not be sent
+        raise EOFError("no frontend is connected to the kernel's stdin channel")
     value = reply.content.get("value", "")
     return value if isinstance(value, str) else str(value)
 

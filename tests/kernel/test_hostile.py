@@ -811,6 +811,22 @@ def test_pipelined_requests_are_all_answered(
 # -- a client that vanishes --------------------------------------------------------------------
 
 
+def test_input_without_a_connected_stdin_socket_fails_at_once(
+    kernel: Kernel, connect: Callable[..., Wire]
+) -> None:
+    """A client that allows stdin but has no stdin socket: ``input()`` raises EOFError, as on a
+    closed stdin, instead of waiting for ever for a request ZeroMQ dropped (ROUTER_MANDATORY
+    makes the drop an error the kernel sees)."""
+    shell = connect(kernel, "shell")
+    code = "try:\n    input('? ')\nexcept EOFError as e:\n    print('EOF:', e)"
+    msg_id = shell.request("execute_request", {"code": code, "allow_stdin": True})
+    assert shell.reply(msg_id)["content"]["status"] == "ok"
+    assert stream_text(kernel.until_idle(msg_id)) == (
+        "EOF: no frontend is connected to the kernel's stdin channel\n"
+    )
+    assert_alive(kernel)
+
+
 @pytest.mark.parametrize("when", ["after_cell_started", "right_after_sending"])
 def test_client_that_vanishes_mid_request(
     kernel: Kernel, connect: Callable[..., Wire], ctx: Context, when: str

@@ -41,17 +41,24 @@ async def serve_router(
     on_message: Callable[[Message], None],
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
+    on_unroutable: Callable[[Message], None] | None = None,
     task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Bind ``channel``'s ROUTER, report (port, outbox), then receive and send until cancelled.
 
     ``ready``, if given, is awaited before each receive: while it waits, requests stay in
     ZeroMQ's queue (and then the client's), which bounds what a flood costs the kernel.
+    ``on_unroutable``, if given, is called with each message that no connected peer can
+    receive (ROUTER_MANDATORY), instead of ZeroMQ dropping it silently.
     """
-    async with open_socket(ctx, zmq.ROUTER, conn, channel) as sock, trio.open_nursery() as nursery:
+    options = {"router_mandatory": 1} if on_unroutable is not None else {}
+    async with (
+        open_socket(ctx, zmq.ROUTER, conn, channel, **options) as sock,
+        trio.open_nursery() as nursery,
+    ):
         outbox: Outbox = Mailbox(trio.lowlevel.current_trio_token())
         dropped = _DropLog()
-        nursery.start_soon(_send_outbox, sock, session, outbox, channel)
+        nursery.start_soon(_send_outbox, sock, session, outbox, channel, on_unroutable)
         task_status.started((sock.port, outbox))
         while True:
             if ready is not None:
@@ -86,7 +93,13 @@ class _DropLog:
         self._last, self._suppressed = now, 0
 
 
-async def _send_outbox(sock: FrameSocket, session: Session, outbox: Outbox, channel: str) -> None:
+async def _send_outbox(
+    sock: FrameSocket,
+    session: Session,
+    outbox: Outbox,
+    channel: str,
+    on_unroutable: Callable[[Message], None] | None,
+) -> None:
     while True:
         for item in await outbox.get_batch():
             if isinstance(item, SentMarker):
@@ -97,7 +110,15 @@ async def _send_outbox(sock: FrameSocket, session: Session, outbox: Outbox, chan
             except (TypeError, ValueError):
                 log.exception("%s: could not send %s", channel, item.msg_type)
                 continue
-            await sock.send(frames)
+            try:
+                await sock.send(frames)
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH or on_unroutable is None:
+                    raise
+                log.warning(
+                    "%s: no peer to receive %s; nobody is connected", channel, item.msg_type
+                )
+                on_unroutable(item)
 
 
 async def serve_shell(
@@ -145,11 +166,22 @@ async def serve_stdin(
     session: Session,
     on_message: Callable[[Message], None],
     *,
+    on_unroutable: Callable[[Message], None] | None = None,
     task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """The stdin channel: ``input_request`` out, ``input_reply`` back.
 
     A reply is matched to the pending request by its parent header; one without a parent
     header (jupyter_client's ``KernelClient.input()`` sends such) answers the pending request.
+    An ``input_request`` for a frontend with no stdin socket connected goes to
+    ``on_unroutable``, so ``input()`` fails instead of waiting for ever.
     """
-    await serve_router(ctx, conn, "stdin", session, on_message, task_status=task_status)
+    await serve_router(
+        ctx,
+        conn,
+        "stdin",
+        session,
+        on_message,
+        on_unroutable=on_unroutable,
+        task_status=task_status,
+    )
