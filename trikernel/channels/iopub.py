@@ -105,9 +105,11 @@ class IOPubQueue:
             self._items.append(msg)
             self._messages += 1
             wake = self._mark(urgent=True)
+            full = self._full()
         if wake:
             self._post_wake()
-        self._wait_for_room()
+        if full:
+            self._wait_for_room()
 
     def write(self, name: str, text: str, parent: Message | None, *, wait: bool = True) -> None:
         """Queue ``text`` for stream ``name`` (``stdout``/``stderr``), attributed to ``parent``.
@@ -126,9 +128,10 @@ class IOPubQueue:
                 self._items.append(_Text(name, parent, [text]))
             self._text_bytes += len(text)
             wake = self._mark(urgent=self._text_bytes >= self.max_batch_bytes)
+            full = wait and self._full()
         if wake:
             self._post_wake()
-        if wait:
+        if full:
             self._wait_for_room()
 
     def flush(self) -> None:
