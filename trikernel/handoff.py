@@ -101,14 +101,21 @@ class Mailbox(Generic[T]):
 
         Cancellation: nothing is taken when cancelled.
         """
+        waited = False
         while True:
             # A fresh event before looking: a put after the look wakes exactly this event.
             self._event = trio.Event()
-            items = self.get_batch_nowait()
-            if items:
-                await trio.lowlevel.checkpoint()
-                return items
+            with self._lock:
+                ready = bool(self._items)
+            if ready:
+                if not waited:
+                    # Items there at once: still a checkpoint, before taking them. After a
+                    # wait (itself a checkpoint) another one would only cost the consumer's
+                    # loop one more turn per batch, on the path of every request.
+                    await trio.lowlevel.checkpoint()
+                return self.get_batch_nowait()  # one consumer: nobody took them meanwhile
             await self._event.wait()
+            waited = True
 
 
 async def run_loop_in_thread(

@@ -342,7 +342,7 @@ class _Sender:
                 )
             self._blocked_since = None
             self._dropping = 0
-        await trio.lowlevel.checkpoint()
+        await self.sock.checkpoint()
 
 
 async def _welcome_subscribers(sock: FrameSocket, session: Session, queue: IOPubQueue) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import itertools
 import os
 import types
 from collections import deque
@@ -77,6 +78,24 @@ class MessageFormatError(WireError):
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+# The process id goes into every message id; reading it is a system call, so it is kept here
+# and refreshed in a forked child.
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refresh_pid)
+
+# What an empty metadata or content object is written as: the empty default is a read-only
+# mapping, which orjson would hand to jsonutil's fallback for every message.
+_EMPTY_OBJECT = b"{}"
 
 
 @attrs.frozen
@@ -205,6 +224,10 @@ class Message:
         return self.header.msg_id
 
 
+def _dumps_object(obj: Mapping[str, Any]) -> bytes:
+    return jsonutil.dumps(obj) if obj else _EMPTY_OBJECT
+
+
 def _parse_object(frame: bytes, what: str) -> dict[str, Any]:
     try:
         value = jsonutil.loads(frame)
@@ -238,7 +261,7 @@ class Session:
     _hmac: hmac.HMAC | None = attrs.field(init=False, default=None)
     _seen: set[bytes] = attrs.field(init=False, factory=set)
     _seen_order: deque[bytes] = attrs.field(init=False, factory=deque)
-    _counter: int = attrs.field(init=False, default=0)
+    _ids: itertools.count[int] = attrs.field(init=False, factory=lambda: itertools.count(1))
 
     def __attrs_post_init__(self) -> None:
         scheme, _, digest = self.signature_scheme.partition("-")
@@ -316,9 +339,9 @@ class Session:
         """
         parts = [
             jsonutil.dumps(msg.header.to_dict()),
-            msg.parent_raw if msg.parent_raw is not None else jsonutil.dumps(msg.parent_header),
-            jsonutil.dumps(msg.metadata),
-            jsonutil.dumps(msg.content),
+            msg.parent_raw if msg.parent_raw is not None else _dumps_object(msg.parent_header),
+            _dumps_object(msg.metadata),
+            _dumps_object(msg.content),
         ]
         return [*msg.identities, DELIMITER, self.sign(parts), *parts, *msg.buffers]
 
@@ -326,8 +349,8 @@ class Session:
 
     def new_id(self) -> str:
         """A message id unique to this session (cheaper than a uuid per message)."""
-        self._counter += 1
-        return f"{self.session_id}_{os.getpid()}_{self._counter}"
+        # next() on a count is atomic: ids made by the two loops' threads never repeat.
+        return f"{self.session_id}_{_pid}_{next(self._ids)}"
 
     def msg(
         self,

@@ -1,0 +1,98 @@
+"""The shell's history manager: IPython's history, written without making cells wait.
+
+``trikernel.shell._History`` writes the entries outside the lock that ``store_inputs`` takes as
+each cell starts; writers still take turns, so a lookup that writes out first sees them all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShellABC
+
+from trikernel.shell import _History
+
+TIMEOUT = 5.0
+
+
+class _Shell:
+    """All of a shell the history manager uses: where the ``_i`` variables go."""
+
+    def push(self, variables: dict[str, Any], interactive: bool = True) -> None:
+        pass
+
+
+InteractiveShellABC.register(_Shell)
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Iterator[_History]:
+    # A large cache: IPython's save thread stays asleep, so each test writes out by itself.
+    hm = _History(shell=_Shell(), hist_file=tmp_path / "history.sqlite", db_cache_size=1000)
+    yield hm
+    hm.end_session()
+    if hm.save_thread is not None:
+        hm.save_thread.stop()
+
+
+def _blocking_insert(hm: _History) -> tuple[threading.Event, threading.Event]:
+    """Make the next SQL write of ``hm`` wait: (it started, let it go on)."""
+    started, release = threading.Event(), threading.Event()
+    insert = hm._insert
+
+    def slow(*args: Any) -> None:
+        started.set()
+        assert release.wait(TIMEOUT)
+        insert(*args)
+
+    hm._insert = slow  # type: ignore[method-assign]
+    return started, release
+
+
+def _in_thread(fn: Any, *args: Any) -> threading.Thread:
+    thread = threading.Thread(target=fn, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_storing_a_cell_does_not_wait_for_a_write_in_progress(history: _History) -> None:
+    history.store_inputs(1, "a = 1")
+    started, release = _blocking_insert(history)
+    writer = _in_thread(history.writeout_cache)
+    assert started.wait(TIMEOUT)
+    # IPython's own writeout_cache held the cache lock here, for the whole transaction.
+    storing = _in_thread(history.store_inputs, 2, "b = 2")
+    storing.join(TIMEOUT)
+    assert not storing.is_alive(), "store_inputs waited for the database"
+    release.set()
+    writer.join(TIMEOUT)
+    assert [entry[2] for entry in history.get_tail(5, include_latest=True)] == ["a = 1", "b = 2"]
+
+
+def test_a_lookup_waits_for_a_write_in_progress_and_sees_its_entries(history: _History) -> None:
+    history.store_inputs(1, "a = 1")
+    started, release = _blocking_insert(history)
+    writer = _in_thread(history.writeout_cache)
+    assert started.wait(TIMEOUT)
+    found: list[Any] = []
+    reader = _in_thread(lambda: found.extend(history.get_tail(5, include_latest=True)))
+    reader.join(0.2)
+    assert reader.is_alive(), "the lookup read the database before the write had finished"
+    release.set()
+    writer.join(TIMEOUT)
+    reader.join(TIMEOUT)
+    assert [entry[2] for entry in found] == ["a = 1"]
+
+
+def test_outputs_are_written_with_the_inputs(history: _History) -> None:
+    history.db_log_output = True
+    history.store_inputs(1, "1 + 1")
+    history.output_hist_reprs[1] = "2"
+    history.store_output(1)
+    history.writeout_cache()
+    [entry] = history.get_tail(1, output=True, include_latest=True)
+    assert entry[2] == ("1 + 1", "2")
