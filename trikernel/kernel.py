@@ -41,7 +41,6 @@ from types import FrameType
 from typing import Any, ClassVar, NoReturn
 
 import attrs
-import greenback
 import trio
 import zmq
 
@@ -56,7 +55,6 @@ from .channels import (
     serve_shell,
     serve_stdin,
 )
-from .comms import install_comms, message_dict
 from .execution import Run, UserCode, call_user_code, deadline_message
 from .handoff import Mailbox, post, run_loop_in_thread
 from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
@@ -312,6 +310,9 @@ class Kernel:
                 )
                 self._write_connection_file()
                 self._install_io()
+                # What only the main thread uses loads now, after the sockets are bound:
+                # IPython above all (docs/architecture.md, "Startup").
+                from .comms import install_comms
                 from .shell import make_shell
 
                 self.shell = make_shell(self, history=self.settings.shell.history)
@@ -533,6 +534,8 @@ class Kernel:
     async def _run_in_order(self, receive: trio.MemoryReceiveChannel[_Incoming]) -> None:
         # A portal lets sync code in a cell (input()) await on this loop: while a cell waits
         # for input, background tasks and comm handlers keep running. Once per task.
+        import greenback  # loaded after the sockets are bound, as IPython is
+
         await greenback.ensure_portal()
         async for incoming in receive:
             await self._run_shell_request(incoming)
@@ -730,6 +733,8 @@ class Kernel:
     def _comm_call(
         self, handle: Callable[[Any, Any, dict[str, Any]], None], request: Message
     ) -> None:
+        from .comms import message_dict
+
         if not isinstance(request.content.get("comm_id"), str):
             raise RequestError(f"{request.msg_type} needs a string 'comm_id'")
         with self._user.running():
@@ -846,6 +851,8 @@ class Kernel:
         so background tasks run meanwhile and an interrupt cancels the wait. Elsewhere (a
         thread) it blocks the calling thread.
         """
+        import greenback
+
         if greenback.has_portal():
             value: str | None = greenback.await_(self.ainput(prompt, password=password))
             return value
