@@ -60,7 +60,10 @@ class Kernel:
         log = self.log_path.open("ab")
         try:
             self.launched_at = time.perf_counter()
-            km.start_kernel(stdout=log, stderr=subprocess.STDOUT)
+            # From the log folder, not the suite's: `python -m` puts the working directory
+            # first on sys.path, and from a checkout every trikernel kernelspec would run the
+            # checkout's code rather than its own.
+            km.start_kernel(stdout=log, stderr=subprocess.STDOUT, cwd=str(self.log_path.parent))
         finally:
             log.close()
         self.km = km
