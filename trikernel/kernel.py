@@ -376,23 +376,29 @@ class Kernel:
                         task_status=task_status,
                     )
                 )
+                # Made before the channels are served: a request's reply may be queued as soon
+                # as its channel reads it.
+                token = self._io_token
+                self._outboxes = {ch: Mailbox(token) for ch in ("control", "stdin", "shell")}
                 iopub_room = functools.partial(self._iopub.wait_for_room, text=False)
-                ports["control"], self._outboxes["control"] = await nursery.start(
+                ports["control"] = await nursery.start(
                     functools.partial(serve_control, ready=iopub_room),
                     ctx,
                     conn,
                     session,
                     self._on_control,
+                    self._outboxes["control"],
                 )
-                ports["stdin"], self._outboxes["stdin"] = await nursery.start(
+                ports["stdin"] = await nursery.start(
                     functools.partial(serve_stdin, on_unroutable=self._on_input_unroutable),
                     ctx,
                     conn,
                     session,
                     self._on_stdin,
+                    self._outboxes["stdin"],
                 )
-                ports["shell"], self._outboxes["shell"] = await nursery.start(
-                    serve_shell, ctx, conn, session, self._on_shell
+                ports["shell"] = await nursery.start(
+                    serve_shell, ctx, conn, session, self._on_shell, self._outboxes["shell"]
                 )
                 started(ports)
                 await trio.sleep_forever()

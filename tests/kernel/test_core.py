@@ -13,8 +13,17 @@ from pathlib import Path
 import pytest
 import zmq
 from jupyter_client import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
 
-from tests.kernel.conftest import TIMEOUT, Kernel, merge_streams, outputs, stream_text
+from tests.kernel.conftest import (
+    TIMEOUT,
+    Kernel,
+    RunKernel,
+    merge_streams,
+    outputs,
+    stream_text,
+)
+from tests.kernel.hostile_helpers import Wire, parent_id
 
 # A cell that holds the GIL in one C call for many seconds (the regex engine backtracks).
 GIL_HOLDING = "import re; re.match(r'(a+)+$', 'a'*28 + 'b')"
@@ -285,3 +294,38 @@ def test_missing_connection_file_is_created(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_requests_waiting_when_the_kernel_binds_are_answered(
+    tmp_path: Path, run_kernel: RunKernel, attempt: int
+) -> None:
+    """Clients connected before the kernel starts (a frontend's first kernel_info, sent at
+    once and queued by ZeroMQ) are answered as soon as each channel is served.
+
+    The startup benchmark once (in ten starts) saw the kernel die here: a reply was made
+    before its channel's outbox existed (KeyError). The outboxes are now made before any
+    channel is served, which rules the race out; this test could not make the old code lose it
+    on demand (it passed there too), so it guards the scenario rather than proving the fix."""
+    path = tmp_path / "kernel.json"
+    write_connection_file(str(path), ip="127.0.0.1", key=b"k" * 32)
+    info = json.loads(path.read_text())
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    # Retry the connection every millisecond (as the startup benchmark does every 5), so the
+    # requests arrive while the kernel is still starting its channels.
+    ctx.setsockopt(zmq.RECONNECT_IVL, 1)
+    try:
+        wires = {ch: Wire.connect(ctx, info, ch) for ch in ("shell", "control")}
+        sent = {
+            ch: [wire.request("kernel_info_request") for _ in range(20)]
+            for ch, wire in wires.items()
+        }
+        proc, _ = run_kernel(path)
+        for ch, wire in wires.items():
+            # Control requests run as tasks of their own: their replies come in any order.
+            replies = [wire.recv() for _ in sent[ch]]
+            assert {parent_id(r) for r in replies} == set(sent[ch]), ch
+            assert all(r["content"]["implementation"] == "trikernel" for r in replies)
+        assert proc.poll() is None
+    finally:
+        ctx.destroy(linger=0)

@@ -7,7 +7,8 @@ Invariants:
 - ``on_message`` is called in the io loop, in arrival order, and must not block: it either
   handles the message at once or hands it on (to the main loop, or to a task).
 - Replies go out through the channel's outbox (a :class:`~trikernel.handoff.Mailbox`), which any
-  thread may fill; one task in the io loop sends them, in order.
+  thread may fill; one task in the io loop sends them, in order. The caller makes the outbox
+  and passes it in, so it exists before the first request can be handled.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ async def serve_router(
     channel: Channel,
     session: Session,
     on_message: Callable[[Message], None],
+    outbox: Outbox,
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
     on_unroutable: Callable[[Message], None] | None = None,
-    task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Bind ``channel``'s ROUTER, report (port, outbox), then receive and send until cancelled.
+    """Bind ``channel``'s ROUTER, report its port, then receive, and send what ``outbox`` holds,
+    until cancelled.
 
     ``ready``, if given, is awaited before each receive: while it waits, requests stay in
     ZeroMQ's queue (and then the client's), which bounds what a flood costs the kernel.
@@ -56,10 +59,9 @@ async def serve_router(
         open_socket(ctx, zmq.ROUTER, conn, channel, **options) as sock,
         trio.open_nursery() as nursery,
     ):
-        outbox: Outbox = Mailbox(trio.lowlevel.current_trio_token())
         dropped = _DropLog()
         nursery.start_soon(_send_outbox, sock, session, outbox, channel, on_unroutable)
-        task_status.started((sock.port, outbox))
+        task_status.started(sock.port)
         while True:
             if ready is not None:
                 await ready()
@@ -126,8 +128,9 @@ async def serve_shell(
     conn: ConnectionInfo,
     session: Session,
     on_message: Callable[[Message], None],
+    outbox: Outbox,
     *,
-    task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """The shell channel: requests a frontend makes of the user's session.
 
@@ -136,7 +139,7 @@ async def serve_shell(
     acted on at once; everything else is forwarded to the main loop, stamped with its arrival
     time (which decides whether it is aborted after a failed or interrupted cell).
     """
-    await serve_router(ctx, conn, "shell", session, on_message, task_status=task_status)
+    await serve_router(ctx, conn, "shell", session, on_message, outbox, task_status=task_status)
 
 
 async def serve_control(
@@ -144,9 +147,10 @@ async def serve_control(
     conn: ConnectionInfo,
     session: Session,
     on_message: Callable[[Message], None],
+    outbox: Outbox,
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
-    task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """The control channel: interrupt, shutdown, kernel_info, handled in the io loop.
 
@@ -156,7 +160,7 @@ async def serve_control(
     queue is full.
     """
     await serve_router(
-        ctx, conn, "control", session, on_message, ready=ready, task_status=task_status
+        ctx, conn, "control", session, on_message, outbox, ready=ready, task_status=task_status
     )
 
 
@@ -165,9 +169,10 @@ async def serve_stdin(
     conn: ConnectionInfo,
     session: Session,
     on_message: Callable[[Message], None],
+    outbox: Outbox,
     *,
     on_unroutable: Callable[[Message], None] | None = None,
-    task_status: trio.TaskStatus[tuple[int, Outbox]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """The stdin channel: ``input_request`` out, ``input_reply`` back.
 
@@ -182,6 +187,7 @@ async def serve_stdin(
         "stdin",
         session,
         on_message,
+        outbox,
         on_unroutable=on_unroutable,
         task_status=task_status,
     )
