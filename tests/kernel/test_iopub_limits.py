@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import zmq
@@ -164,14 +164,30 @@ def warm_up(shell: Wire, readers: list[Reader]) -> None:
     assert shell.reply(cell)["content"]["status"] == "ok"
 
 
+class Setup(NamedTuple):
+    kernel: Client
+    stderr: Any
+    reader: Reader
+    slow: Reader
+    shell: Wire
+    control: Wire
+
+
+def set_up(client: Callable[..., tuple[Client, Any]], stall_timeout: float) -> Setup:
+    """A kernel with small limits, a subscriber that reads everything and one whose queue
+    holds two messages (read only when a test says), shell and control, warmed up."""
+    kernel, stderr = client(f"--iopub.stall_timeout={stall_timeout}")
+    reader, slow = kernel.reader(), kernel.reader(rcvhwm=2)
+    shell, control = kernel.wire("shell"), kernel.wire("control")
+    warm_up(shell, [reader, slow])
+    return Setup(kernel, stderr, reader, slow, shell, control)
+
+
 def test_a_paused_subscriber_delays_output_loses_none_and_bounds_memory(
     client: Callable[..., tuple[Client, Any]],
 ) -> None:
     lines = 160
-    kernel, _ = client("--iopub.stall_timeout=600")
-    reader, paused = kernel.reader(), kernel.reader(rcvhwm=2)
-    shell, control = kernel.wire("shell"), kernel.wire("control")
-    warm_up(shell, [reader, paused])
+    kernel, _, reader, paused, shell, control = set_up(client, stall_timeout=600)
     before = rss_mib(kernel.pid)
 
     cell = shell.request("execute_request", {"code": printing_cell(lines)})
@@ -195,10 +211,7 @@ def test_a_paused_subscriber_delays_output_loses_none_and_bounds_memory(
 def test_an_interrupt_ends_a_print_that_waits_for_a_paused_subscriber(
     client: Callable[..., tuple[Client, Any]],
 ) -> None:
-    kernel, _ = client("--iopub.stall_timeout=600")
-    reader, paused = kernel.reader(), kernel.reader(rcvhwm=2)
-    shell, control = kernel.wire("shell"), kernel.wire("control")
-    warm_up(shell, [reader, paused])
+    _, _, reader, paused, shell, control = set_up(client, stall_timeout=600)
 
     cell = shell.request("execute_request", {"code": printing_cell(None)})
     reader.until_quiet(cell)
@@ -219,10 +232,7 @@ def test_a_subscriber_that_stops_reading_is_left_behind_after_the_stall_timeout(
     client: Callable[..., tuple[Client, Any]],
 ) -> None:
     lines = 40
-    kernel, stderr = client("--iopub.stall_timeout=1")
-    reader, stuck = kernel.reader(), kernel.reader(rcvhwm=2)
-    shell, control = kernel.wire("shell"), kernel.wire("control")
-    warm_up(shell, [reader, stuck])
+    _, stderr, reader, stuck, shell, control = set_up(client, stall_timeout=1)
 
     cell = shell.request("execute_request", {"code": printing_cell(lines)})
     started = time.monotonic()
