@@ -64,6 +64,9 @@ from .tasks import BackgroundTasks, background
 
 __all__ = ["Kernel", "RequestError", "ainput", "current_cell", "current_request"]
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 log = logging.getLogger("trikernel")
 
 #: The request whose handling is running in this context (trio copies it into spawned tasks).
@@ -402,6 +405,15 @@ class Kernel:
                 )
                 started(ports)
                 await trio.sleep_forever()
+        except Exception as exc:
+            # A channel that cannot go on ends the kernel: without its sockets nobody can reach
+            # it. A cell blocking the main thread would keep the process alive, unreachable,
+            # until it returned; an interrupt makes it unwind now.
+            reason = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(exc))
+            log.critical("the io loop failed, the kernel stops: %s (traceback follows)", reason)
+            if hasattr(self, "_user"):
+                self._user.interrupt()
+            raise
         finally:
             ctx.term()
 
@@ -962,6 +974,13 @@ def _end_child_processes() -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc``'s (nested) exception groups, or ``exc`` itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _input_value(reply: Message | None) -> str:

@@ -827,6 +827,36 @@ def test_input_without_a_connected_stdin_socket_fails_at_once(
     assert_alive(kernel)
 
 
+@pytest.mark.parametrize("state", ["idle", "while_a_cell_blocks"])
+def test_a_channel_that_cannot_go_on_ends_the_kernel_with_its_reason(
+    tmp_path: Path, run_kernel: RunKernel, ctx: Context, state: str
+) -> None:
+    """A channel task that fails ends the kernel at once, with the reason in its log: never a
+    process that lives on unreachable (before, a cell blocking the main thread kept it so).
+
+    The fault is injected from a cell: the shell's hand-off to the main loop is broken, so the
+    next shell request makes ``serve_shell`` fail."""
+    path = tmp_path / "kernel.json"
+    proc, stderr = run_kernel(path, "--log_level=INFO")
+    stderr.wait_for("wrote connection file")
+    info = json.loads(path.read_text())
+    iopub = Subscriber.connect(ctx, info)
+    shell = Wire.connect(ctx, info, "shell")
+    try:
+        code = "get_ipython().kernel._shell_inbox = None\nprint('broken')"
+        if state == "while_a_cell_blocks":
+            code += "\nimport time\ntime.sleep(60)"
+        cell = shell.request("execute_request", {"code": code})
+        iopub.until(lambda m: m["msg_type"] == "stream" and parent_id(m) == cell)
+        shell.request("execute_request", {"code": "1+1"})
+        assert proc.wait(timeout=10) != 0
+        line = stderr.wait_for("the io loop failed, the kernel stops")
+        assert "AttributeError: 'NoneType' object has no attribute 'put'" in line
+    finally:
+        iopub.close()
+        shell.close()
+
+
 @pytest.mark.parametrize("when", ["after_cell_started", "right_after_sending"])
 def test_client_that_vanishes_mid_request(
     kernel: Kernel, connect: Callable[..., Wire], ctx: Context, when: str
