@@ -307,7 +307,7 @@ class _Sender:
     _blocked_since: float | None = None
     """When a send was first refused since the last one that went to everyone."""
     _dropping: int = 0
-    """Messages sent since a subscriber was left behind (each dropped for some subscriber)."""
+    """Messages sent since a subscriber was left behind (each one it may have missed)."""
 
     async def send(self, frames: list[bytes]) -> None:
         delay = 0.0005
