@@ -107,7 +107,12 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Compare trikernel with ipykernel (benchmarks/run.py; options after `--`)."""
-    install_project(session, "ipykernel", "async-kernel", "jupyter_client>=8", "orjson", "psutil")
+    """Compare trikernel with ipykernel (benchmarks/run.py; options after `--`), then, in a full
+    run, the socket layer alone against zmq-anyio (benchmarks/transport.py)."""
+    install_project(
+        session, "ipykernel", "async-kernel", "jupyter_client>=8", "orjson", "psutil", "zmq-anyio"
+    )
     session.run("python", "-m", "trikernel", "install", "--sys-prefix")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    if not session.posargs:
+        session.run("python", "benchmarks/transport.py")

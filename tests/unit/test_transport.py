@@ -1,7 +1,9 @@
-"""FrameSocket's turns: a burst of ready calls shares one turn of the loop, a flood still yields.
+"""FrameSocket: its turns of the loop, and its waits on ZeroMQ's edge-triggered descriptor.
 
 Each call that finds the socket ready is a cancellation point, and a schedule point once the
-socket's last one was ``_YIELD_EVERY`` seconds ago (``trikernel/channels/transport.py``).
+socket's last one was ``_YIELD_EVERY`` seconds ago (``trikernel/channels/transport.py``); the
+first tests use an always-ready stand-in for the socket to count those turns. The waits are
+tested on real ZeroMQ sockets over inproc, where a lost edge means a message never read.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from typing import Any
 
 import pytest
 import trio
+import zmq
 
 from trikernel.channels.transport import _YIELD_EVERY, FrameSocket
 
 
 class _Raw:
     """A socket that is always ready; each send takes ``seconds`` of the thread's time."""
+
+    def getsockopt(self, option: int) -> int:
+        return -1  # the descriptor: never waited on, the socket is always ready
 
     def __init__(self, seconds: float = 0.0) -> None:
         self.seconds = seconds
@@ -32,13 +38,8 @@ class _Raw:
         return [b"frame"]
 
 
-class _Anyio:
-    def get(self, option: int) -> int:
-        return 0
-
-
 def _socket(raw: _Raw) -> FrameSocket:
-    return FrameSocket(_Anyio(), raw, 0)  # type: ignore[arg-type]
+    return FrameSocket(raw, 0)  # type: ignore[arg-type]
 
 
 async def _turns_of_others(work: Any) -> int:
@@ -90,3 +91,83 @@ async def test_a_ready_call_is_still_a_cancellation_point() -> None:
         scope.cancel()
         with pytest.raises(trio.Cancelled):
             await sock.send([b"x"])
+
+
+# -- waits, on real sockets -------------------------------------------------------------------
+
+
+@pytest.fixture
+def pair() -> Any:
+    """A FrameSocket (DEALER, bound) and a plain DEALER peer connected to it."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    ours = ctx.socket(zmq.DEALER)
+    ours.bind("inproc://frames")
+    peer = ctx.socket(zmq.DEALER)
+    peer.connect("inproc://frames")
+    sock = FrameSocket(ours, 0)
+    yield sock, peer
+    sock.close()
+    peer.close(linger=0)
+    ctx.term()
+
+
+async def test_a_message_that_arrives_while_the_socket_sends_is_received(pair: Any) -> None:
+    """Every send can consume the descriptor's edge a waiting receive sleeps on; the send then
+    wakes the receive, or the peer's message would sit unread."""
+    sock, peer = pair
+    received: list[list[bytes]] = []
+
+    async def receive() -> None:
+        received.extend([await sock.recv() for _ in range(500)])
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            for n in range(500):
+                await sock.send([b"ping"])
+                assert peer.recv_multipart() == [b"ping"]
+                peer.send_multipart([str(n).encode()])  # arrives while the next send runs
+    assert received == [[str(n).encode()] for n in range(500)]
+
+
+async def test_a_sender_and_a_receiver_can_wait_on_one_socket_at_once() -> None:
+    """Only one task may wait on the descriptor; the other is woken when it changes."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    raw = ctx.socket(zmq.DEALER)
+    raw.bind("inproc://lonely")  # no peer yet: a DEALER can neither send nor receive
+    sock = FrameSocket(raw, 0)
+    peer = ctx.socket(zmq.DEALER)
+    got: list[list[bytes]] = []
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+
+                async def receive() -> None:
+                    got.append(await sock.recv())
+
+                nursery.start_soon(receive)
+                nursery.start_soon(sock.send, [b"out"])
+                await trio.testing.wait_all_tasks_blocked()
+                assert sock.raw.getsockopt(zmq.EVENTS) == 0  # both really wait
+                peer.connect("inproc://lonely")
+                assert await FrameSocket(peer, 0).recv() == [b"out"]  # sent once a peer is there
+                peer.send_multipart([b"in"])
+        assert got == [[b"in"]]
+    finally:
+        peer.close(linger=0)
+        sock.close()
+        ctx.term()
+
+
+async def test_closing_the_socket_ends_a_waiting_receive(pair: Any) -> None:
+    sock, _ = pair
+
+    async def receive() -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await sock.recv()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await trio.testing.wait_all_tasks_blocked()
+            sock.close()

@@ -1,43 +1,51 @@
-"""A small transport interface over zmq-anyio: open a bound socket, send and receive frames.
+"""A small transport interface over pyzmq and trio: open a bound socket, send and receive frames.
 
-The kernel's channel modules speak only :class:`FrameSocket`; zmq-anyio lives here alone, so a
-faster socket layer (or an in-memory one for tests) is a change to this module.
+The kernel's channel modules speak only :class:`FrameSocket`; the socket layer lives here alone,
+so a different one (or an in-memory one for tests) is a change to this module.
 
 Invariants:
 - A :class:`FrameSocket` is used only from the thread whose trio loop opened it.
-- :meth:`FrameSocket.recv` and :meth:`FrameSocket.send` first try the non-blocking call and
-  await zmq-anyio only when the socket is not ready: zmq-anyio starts helper tasks for every
-  awaited call, and under load most calls find the socket ready. Each call is a cancellation
-  point, and also a schedule point unless the socket's last one was under 0.5 ms ago: a flood
-  on one socket cannot starve the loop's other tasks, and a burst of messages (a cell's
-  status, input, reply and idle) does not cost a turn of the loop each.
+- Every call first tries the non-blocking ZeroMQ operation; only a socket that is not ready
+  makes the task wait, on ZeroMQ's descriptor, through trio's own I/O wait
+  (:func:`trio.lowlevel.wait_readable`). No helper task or thread is involved.
+- ZeroMQ's descriptor is edge-triggered: it becomes readable when the socket's state *may*
+  have changed, and any operation on the socket (a send, a receive, reading ``EVENTS``) can
+  consume that edge. So a task waits only after ``EVENTS`` said it must, and after every
+  operation that succeeds while another task waits, ``EVENTS`` is read again and that task is
+  woken if what it waits for is there (:meth:`FrameSocket._after_op`). One task at a time
+  waits on the descriptor (trio allows no more); the others wait for it to say what changed.
+- Each call is a cancellation point, and also a schedule point unless the socket's last one
+  was under 0.5 ms ago: a flood on one socket cannot starve the loop's other tasks, and a
+  burst of messages (a cell's status, input, reply and idle) does not cost a turn of the loop
+  each.
 - Sends on ROUTER sockets never block for long: past the high-water mark they drop (ZeroMQ's
   documented behaviour), so a vanished client cannot wedge a channel. The iopub XPUB refuses
   instead, and :mod:`trikernel.channels.iopub` decides how long to wait.
 - When the connection info has Curve keys, every socket is a CurveZMQ server before it is
   bound (:func:`bind`, which the heartbeat uses too): no socket ever accepts a plain-text peer,
   and a kernel that cannot encrypt refuses to start rather than serve plain text.
+
+Why not zmq-anyio, the socket layer chosen at first: it starts helper tasks for every awaited
+call and a task group for every wake of its reader, which cost the execute round trip a third
+of its time (``benchmarks/transport.py`` measures the two side by side).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import cast
 
 import attrs
 import trio
 import zmq
-import zmq_anyio
-from anyio import Future
 
 from ..protocol import Channel, ConnectionInfo
 
 __all__ = ["FrameSocket", "SentMarker", "bind", "open_socket"]
 
-_T = TypeVar("_T")
 _ZERO_COPY_BYTES = 1 << 16
 
 # Seconds a socket's calls may complete without letting the loop's other tasks run. A turn of
@@ -57,45 +65,44 @@ class SentMarker:
 class FrameSocket:
     """A bound ZeroMQ socket that sends and receives lists of byte frames."""
 
-    socket: zmq_anyio.Socket
-    """zmq-anyio's socket, for waiting until the socket is ready."""
     raw: zmq.Socket[bytes]
-    """The plain socket it shadows, for the non-blocking attempts: zmq-anyio's own methods
-    start a helper task on every call, even one that completes at once.
-
-    ZeroMQ's descriptor is edge-triggered, and any operation on the socket can consume the
-    edge that a pending zmq-anyio receive waits for. So every raw operation is followed by
-    :meth:`_rearm`, which has zmq-anyio look at the socket's events again."""
+    """The socket; used directly only for options (``xpub_nodrop``)."""
     port: int
+    _fd: int = attrs.field(init=False)
     _yielded: float = attrs.field(init=False, default=-1.0)
     """``time.monotonic()`` when a call last let other tasks run."""
+    _waiters: int = attrs.field(init=False, default=0)
+    _waiting_for: int = attrs.field(init=False, default=0)
+    """The events (``zmq.POLLIN | zmq.POLLOUT``) the waiting tasks wait for; 0 if none does."""
+    _watch: trio.CancelScope | None = attrs.field(init=False, default=None)
+    """The scope of the one task waiting on the descriptor, if one is."""
+    _changed: trio.Event | None = attrs.field(init=False, default=None)
+    """Set when the socket's events may have changed, for the tasks not on the descriptor."""
+
+    def __attrs_post_init__(self) -> None:
+        self._fd = cast("int", self.raw.getsockopt(zmq.FD))
 
     async def recv(self) -> list[bytes]:
         """Receive one multipart message.
 
         Raises:
-            zmq.ZMQError: the socket was closed.
+            trio.ClosedResourceError: the socket was closed while the call waited.
         """
-        try:
-            frames: list[bytes] = self.raw.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-        else:
-            self._rearm()
-            await self.checkpoint()
-            return frames
-        # copy=True (the default) means bytes, not zmq.Frame.
-        frames = cast("list[bytes]", await _wait(self.socket.arecv_multipart()))
-        self._yielded = time.monotonic()
-        return frames
+        while True:
+            try:
+                frames: list[bytes] = self.raw.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                await self._wait(zmq.POLLIN)
+            else:
+                self._after_op()
+                await self.checkpoint()
+                return frames
 
     async def send(self, frames: Sequence[bytes]) -> None:
         """Send one multipart message (awaits only if ZeroMQ cannot take it now)."""
-        if self.try_send(frames):
-            await self.checkpoint()
-        else:
-            await _wait(self.socket.asend_multipart(list(frames)))
-            self._yielded = time.monotonic()
+        while not self.try_send(frames):
+            await self._wait(zmq.POLLOUT)
+        await self.checkpoint()
 
     def try_send(self, frames: Sequence[bytes]) -> bool:
         """Send one multipart message if ZeroMQ takes it now; return whether it did."""
@@ -106,7 +113,7 @@ class FrameSocket:
             self.raw.send_multipart(frames, zmq.NOBLOCK, copy=copy)
         except zmq.Again:
             return False
-        self._rearm()
+        self._after_op()
         return True
 
     async def checkpoint(self) -> None:
@@ -118,25 +125,54 @@ class FrameSocket:
             await trio.lowlevel.checkpoint()
             self._yielded = time.monotonic()
 
-    def _rearm(self) -> None:
-        # zmq-anyio's get(EVENTS) reschedules its event handling when a pending receive (or
-        # send) can now complete: the edge this process may have consumed is not lost.
-        get_option: Callable[[int], object] = self.socket.get  # zmq-anyio leaves it unannotated
-        get_option(zmq.EVENTS)
-
-
-async def _wait(future: Future[_T]) -> _T:
-    """The result of a zmq-anyio future; cancelling the wait cancels the operation."""
-    if future.status is Future.Status.PENDING:
+    async def _wait(self, events: int) -> None:
+        """Return once ``events`` may be possible (the caller retries its operation)."""
+        self._waiters += 1
         try:
-            await future.wait()
-        except BaseException:
-            future.cancel()
-            raise
-    if future.status is Future.Status.FAILED:
-        assert future.exception is not None
-        raise future.exception
-    return future.return_value
+            # Reading EVENTS also re-arms the descriptor: after it, any change makes it readable.
+            while not self._events() & events:
+                self._waiting_for |= events
+                if self._watch is None:
+                    self._watch = trio.CancelScope()
+                    try:
+                        with self._watch:
+                            await trio.lowlevel.wait_readable(self._fd)
+                    finally:
+                        # Whoever else waits looks again; one of them takes over the watch.
+                        self._watch = None
+                        self._wake_others()
+                else:
+                    if self._changed is None:
+                        self._changed = trio.Event()
+                    await self._changed.wait()
+        finally:
+            self._waiters -= 1
+            if not self._waiters:
+                self._waiting_for = 0
+        self._yielded = time.monotonic()
+
+    def _after_op(self) -> None:
+        # The operation may have consumed the edge a waiting task sleeps on: look at the events
+        # on its behalf and wake it if what it waits for has come.
+        if self._waiting_for and self._events() & self._waiting_for:
+            if self._watch is not None:
+                self._watch.cancel()
+            self._wake_others()
+
+    def _events(self) -> int:
+        return cast("int", self.raw.getsockopt(zmq.EVENTS))
+
+    def _wake_others(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def close(self) -> None:
+        """Close the socket; a task waiting on it gets :class:`trio.ClosedResourceError`."""
+        if not self.raw.closed:
+            if self._waiters:
+                trio.lowlevel.notify_closing(self._fd)
+            self.raw.close()
 
 
 def bind(sock: zmq.Socket[bytes], conn: ConnectionInfo, channel: Channel) -> int:
@@ -218,6 +254,8 @@ async def open_socket(
     except BaseException:
         raw.close(linger=0)
         raise
-    sock = zmq_anyio.Socket(raw)
-    async with sock:
-        yield FrameSocket(sock, raw, port)
+    sock = FrameSocket(raw, port)
+    try:
+        yield sock
+    finally:
+        sock.close()
