@@ -102,6 +102,8 @@ class UserCode(trio.abc.Instrument):
     _requested: int = attrs.field(init=False, default=0)
     _handled: int = attrs.field(init=False, default=0)
     _cancelled_upto: int = attrs.field(init=False, default=0)
+    # Set by the io loop just before it re-sends SIGINT, cleared by the handler: see _on_sigint.
+    _resent: bool = attrs.field(init=False, default=False)
     _idle: trio.Event | None = attrs.field(init=False, default=None)
     watch_pending: Callable[[], None] | None = attrs.field(init=False, default=None)
     """Set by the kernel: asks the io loop to run :meth:`resend_while_pending` (for a SIGINT
@@ -198,12 +200,22 @@ class UserCode(trio.abc.Instrument):
                 await trio.sleep(resend_every)
                 if not self.interrupt_pending:
                     return
+                self._resent = True
                 signal.pthread_kill(self._main_thread, signal.SIGINT)
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         number = self._requested
+        resent, self._resent = self._resent, False
         if not self._running:
             self._handled = number
+            return
+        if self._handled >= number and resent:
+            # A re-send the io loop decided on while the interrupt was pending, and which landed
+            # after it took effect (the check and the send are not atomic). Taken for a SIGINT
+            # from outside, it would interrupt the cell a second time: a second
+            # KeyboardInterrupt, raised in its `except` or `finally` block, or in IPython
+            # showing the first one. A SIGINT from outside that the OS merges with this one
+            # (both arrive before the handler runs, a window of a GIL switch) is lost with it.
             return
         if self._handled >= number:
             # Not one the io loop sent: SIGINT from outside (interrupt_mode "signal", or a

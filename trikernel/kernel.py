@@ -270,11 +270,14 @@ class Kernel:
         # (Python's default) made an interrupt wait ~35 ms; 1 ms costs a busy cell nothing
         # measurable, because switches only happen while the io thread has work.
         sys.setswitchinterval(0.001)
-        saved = sys.stdout, sys.stderr
+        # sys.excepthook too: a cell runs with IPython's (see TrikernelShell.run_code), and an
+        # error that ends the kernel while a cell is unfinished must be printed by Python's.
+        # IPython 8's prints an exception group as the bare line "NoneType: None".
+        saved = sys.stdout, sys.stderr, sys.excepthook
         try:
             trio.run(self._serve_main)
         finally:
-            sys.stdout, sys.stderr = saved
+            sys.stdout, sys.stderr, sys.excepthook = saved
 
     def _install_io(self) -> None:
         """Route stdout and stderr, Python's and the file descriptors', to the frontend."""
@@ -549,12 +552,25 @@ class Kernel:
             shell.send.close()
             shell.scope.cancel()
 
+    @trio.lowlevel.enable_ki_protection
     async def _run_in_order(self, receive: trio.MemoryReceiveChannel[_Incoming]) -> None:
         # A portal lets sync code in a cell (input()) await on this loop: while a cell waits
         # for input, background tasks and comm handlers keep running. Once per task.
+        #
+        # with_portal_run from this KI-protected frame, not ensure_portal: greenback's shim runs
+        # on the main greenlet at every step of this task, and under ensure_portal it becomes
+        # the task's root coroutine, where trio's KI protection is the task's own (off). A
+        # SIGINT landing there while a cell ran raised KeyboardInterrupt inside the shim: it
+        # ended this task, left the cell's frames suspended for ever in their greenlet, and took
+        # the kernel down with no reply (a rare flake of the interrupt stress test). Here
+        # the shim's frames sit above this one, so such a SIGINT is deferred as in any kernel
+        # code (trikernel.execution, rule 2).
         import greenback  # loaded after the sockets are bound, as IPython is
 
-        await greenback.ensure_portal()
+        await greenback.with_portal_run(self._serve_in_order, receive)
+
+    @trio.lowlevel.enable_ki_protection
+    async def _serve_in_order(self, receive: trio.MemoryReceiveChannel[_Incoming]) -> None:
         async for incoming in receive:
             await self._run_shell_request(incoming)
 
@@ -872,8 +888,7 @@ class Kernel:
         import greenback
 
         if greenback.has_portal():
-            value: str | None = greenback.await_(self.ainput(prompt, password=password))
-            return value
+            return _await_in_portal(self.ainput(prompt, password=password))
         request = self._input_request(prompt, password)
         if request is None:
             return None
@@ -981,6 +996,23 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
     return [exc]
+
+
+@trio.lowlevel.enable_ki_protection
+def _await_in_portal(aw: Awaitable[str | None]) -> str | None:
+    """``greenback.await_(aw)``, KI-protected: an interrupt cancels the wait, never raises in it.
+
+    The cell that called ``input()`` is user code, so without this a SIGINT could raise
+    ``KeyboardInterrupt`` inside greenback's ``await_`` between two of its steps: the trap
+    ``ainput`` yielded would never reach trio, or trio's answer to it would be dropped, and
+    ``ainput`` would be left suspended with its input request still pending (its reply would
+    then wake the task wherever it waits next). Protected, the interrupt cancels the request's
+    scope instead, and the cancellation unwinds ``ainput`` at its await like any other.
+    """
+    import greenback
+
+    value: str | None = greenback.await_(aw)
+    return value
 
 
 def _input_value(reply: Message | None) -> str:
