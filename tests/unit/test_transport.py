@@ -1,45 +1,36 @@
-"""FrameSocket: its turns of the loop, and its waits on ZeroMQ's edge-triggered descriptor.
+"""FrameSocket on real ZeroMQ sockets (inproc): its turns of the loop, its waits, its frames.
 
 Each call that finds the socket ready is a cancellation point, and a schedule point once the
-socket's last one was ``_YIELD_EVERY`` seconds ago (``trikernel/channels/transport.py``); the
-first tests use an always-ready stand-in for the socket to count those turns. The waits are
-tested on real ZeroMQ sockets over inproc, where a lost edge means a message never read.
+socket's last one was ``_YIELD_EVERY`` seconds ago (``trikernel/channels/transport.py``). Its
+waits are on ZeroMQ's edge-triggered descriptor, where a lost edge means a message never read.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
 import zmq
 
+from trikernel.channels import transport
 from trikernel.channels.transport import _YIELD_EVERY, FrameSocket
 
 
-class _Raw:
-    """A socket that is always ready; each send takes ``seconds`` of the thread's time."""
-
-    def getsockopt(self, option: int) -> int:
-        return -1  # the descriptor: never waited on, the socket is always ready
-
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.seconds = seconds
-        self.sent = 0
-
-    def send_multipart(self, frames: Sequence[bytes], flags: int = 0, copy: bool = True) -> None:
-        if self.seconds:
-            time.sleep(self.seconds)
-        self.sent += 1
-
-    def recv_multipart(self, flags: int = 0) -> list[bytes]:
-        return [b"frame"]
-
-
-def _socket(raw: _Raw) -> FrameSocket:
-    return FrameSocket(raw, 0)  # type: ignore[arg-type]
+@pytest.fixture
+def pair() -> Iterator[tuple[FrameSocket, zmq.Socket[bytes]]]:
+    """A FrameSocket (DEALER, bound) and a plain DEALER peer connected to it."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    ours = ctx.socket(zmq.DEALER)
+    ours.bind("inproc://frames")
+    peer = ctx.socket(zmq.DEALER)
+    peer.connect("inproc://frames")
+    sock = FrameSocket(ours, 0)
+    yield sock, peer
+    sock.close()
+    peer.close(linger=0)
+    ctx.term()
 
 
 async def _turns_of_others(work: Any) -> int:
@@ -61,8 +52,19 @@ async def _turns_of_others(work: Any) -> int:
     return turns
 
 
-async def test_a_burst_of_ready_sends_takes_one_turn_of_the_loop() -> None:
-    sock = _socket(_Raw())
+async def test_frames_arrive_whole_and_in_order(pair: Any) -> None:
+    sock, peer = pair
+    big = bytes(range(256)) * 1024  # lent to ZeroMQ rather than copied
+    await sock.send([b"a", b"", big, b"z"])
+    assert peer.recv_multipart() == [b"a", b"", big, b"z"]
+    peer.send_multipart([b"1", b"2", big])
+    peer.send_multipart([b"3"])
+    assert await sock.recv() == [b"1", b"2", big]
+    assert await sock.recv() == [b"3"]
+
+
+async def test_a_burst_of_ready_sends_takes_one_turn_of_the_loop(pair: Any) -> None:
+    sock, _ = pair
 
     async def burst() -> None:
         for _ in range(20):
@@ -71,21 +73,35 @@ async def test_a_burst_of_ready_sends_takes_one_turn_of_the_loop() -> None:
     assert await _turns_of_others(burst) <= 2
 
 
-async def test_a_long_flood_still_lets_other_tasks_run() -> None:
-    raw = _Raw(seconds=_YIELD_EVERY / 2)
-    sock = _socket(raw)
+async def test_a_long_flood_still_lets_other_tasks_run(
+    pair: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock, peer = pair
+    for _ in range(40):
+        peer.send_multipart([b"x"])
+
+    class Clock:
+        """Each call that asks the time finds half a yield interval gone: a slow socket."""
+
+        now = 0.0
+
+        def monotonic(self) -> float:
+            self.now += _YIELD_EVERY / 2
+            return self.now
+
+    monkeypatch.setattr(transport, "time", Clock())
 
     async def flood() -> None:
         for _ in range(40):
             await sock.recv()
             await sock.send([b"x"])
 
-    # 40 rounds of at least 2 half-intervals: at least ~40 intervals, a turn each.
+    # 80 calls of at least a half interval each: a turn at least every other call.
     assert await _turns_of_others(flood) >= 20
 
 
-async def test_a_ready_call_is_still_a_cancellation_point() -> None:
-    sock = _socket(_Raw())
+async def test_a_ready_call_is_still_a_cancellation_point(pair: Any) -> None:
+    sock, _ = pair
     await sock.send([b"x"])  # the first call yields; the next one would not
     with trio.CancelScope() as scope:
         scope.cancel()
@@ -93,22 +109,7 @@ async def test_a_ready_call_is_still_a_cancellation_point() -> None:
             await sock.send([b"x"])
 
 
-# -- waits, on real sockets -------------------------------------------------------------------
-
-
-@pytest.fixture
-def pair() -> Any:
-    """A FrameSocket (DEALER, bound) and a plain DEALER peer connected to it."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    ours = ctx.socket(zmq.DEALER)
-    ours.bind("inproc://frames")
-    peer = ctx.socket(zmq.DEALER)
-    peer.connect("inproc://frames")
-    sock = FrameSocket(ours, 0)
-    yield sock, peer
-    sock.close()
-    peer.close(linger=0)
-    ctx.term()
+# -- waits --------------------------------------------------------------------------------------
 
 
 async def test_a_message_that_arrives_while_the_socket_sends_is_received(pair: Any) -> None:

@@ -7,8 +7,10 @@ JSON frames, replay rejection within a bounded window, signature before parsing,
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -177,6 +179,18 @@ def test_message_ids_are_unique_within_a_session() -> None:
     session = Session(key=KEY)
     ids = {session.msg("status").msg_id for _ in range(1000)}
     assert len(ids) == 1000
+
+
+def test_header_dates_are_now_in_utc_with_microseconds() -> None:
+    session = Session(key=KEY)
+    # datetime rounds to the microsecond, the header truncates: allow that one microsecond.
+    before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(microseconds=1)
+    dates = [session.msg("status").header.date for _ in range(3)]
+    after = datetime.datetime.now(datetime.timezone.utc)
+    for date in dates:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", date), date
+        assert before <= datetime.datetime.fromisoformat(date) <= after
+    assert dates == sorted(dates)
 
 
 def test_sessions_get_distinct_ids_by_default() -> None:

@@ -33,9 +33,10 @@ of its time (``benchmarks/transport.py`` measures the two side by side).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import MethodType
 from typing import cast
 
 import attrs
@@ -46,7 +47,12 @@ from ..protocol import Channel, ConnectionInfo
 
 __all__ = ["FrameSocket", "SentMarker", "bind", "open_socket"]
 
-_ZERO_COPY_BYTES = 1 << 16
+_COPY = 1 << 16
+"""Frames shorter than this are copied into ZeroMQ; longer ones are lent to it."""
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE) | _NOBLOCK
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
 
 # Seconds a socket's calls may complete without letting the loop's other tasks run. A turn of
 # the loop is a pass through trio's scheduler and an epoll_wait, which lets a main thread that
@@ -78,9 +84,20 @@ class FrameSocket:
     """The scope of the one task waiting on the descriptor, if one is."""
     _changed: trio.Event | None = attrs.field(init=False, default=None)
     """Set when the socket's events may have changed, for the tasks not on the descriptor."""
+    _send_frame: Callable[[bytes, int, bool], object] = attrs.field(init=False)
+    _recv_frame: Callable[[int], bytes] = attrs.field(init=False)
+    _get: Callable[[int], object] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._fd = cast("int", self.raw.getsockopt(zmq.FD))
+        # pyzmq's own send_multipart and recv_multipart are Python loops that combine enum
+        # flags and build an enum for every RCVMORE query; calling its compiled send, recv and
+        # get with plain int flags costs a third as much per message (~10 against ~27 µs for
+        # a 7-frame message sent and received).
+        compiled = zmq.backend.Socket  # the base class of zmq.Socket
+        self._send_frame = MethodType(compiled.send, self.raw)
+        self._recv_frame = MethodType(compiled.recv, self.raw)
+        self._get = MethodType(compiled.get, self.raw)
 
     async def recv(self) -> list[bytes]:
         """Receive one multipart message.
@@ -90,13 +107,17 @@ class FrameSocket:
         """
         while True:
             try:
-                frames: list[bytes] = self.raw.recv_multipart(zmq.NOBLOCK)
+                frames = [self._recv_frame(_NOBLOCK)]
             except zmq.Again:
                 await self._wait(zmq.POLLIN)
-            else:
-                self._after_op()
-                await self.checkpoint()
-                return frames
+                continue
+            # The rest of a multipart message is there once its first frame is (ZeroMQ
+            # delivers messages whole).
+            while self._get(_RCVMORE):
+                frames.append(self._recv_frame(_NOBLOCK))
+            self._after_op()
+            await self.checkpoint()
+            return frames
 
     async def send(self, frames: Sequence[bytes]) -> None:
         """Send one multipart message (awaits only if ZeroMQ cannot take it now)."""
@@ -106,13 +127,16 @@ class FrameSocket:
 
     def try_send(self, frames: Sequence[bytes]) -> bool:
         """Send one multipart message if ZeroMQ takes it now; return whether it did."""
-        # Large frames are handed to ZeroMQ without a copy (pyzmq copies frames below its
-        # copy_threshold anyway); small ones are copied, which is cheaper than tracking them.
-        copy = all(len(frame) < _ZERO_COPY_BYTES for frame in frames)
-        try:
-            self.raw.send_multipart(frames, zmq.NOBLOCK, copy=copy)
-        except zmq.Again:
-            return False
+        last = len(frames) - 1
+        for n, frame in enumerate(frames):
+            # Large frames are handed to ZeroMQ without a copy; small ones are copied, which
+            # is cheaper than tracking them.
+            try:
+                self._send_frame(frame, _NOBLOCK if n == last else _SNDMORE, len(frame) < _COPY)
+            except zmq.Again:
+                if n:  # cannot happen: ZeroMQ takes the rest once it took the first frame
+                    raise
+                return False
         self._after_op()
         return True
 
@@ -160,7 +184,7 @@ class FrameSocket:
             self._wake_others()
 
     def _events(self) -> int:
-        return cast("int", self.raw.getsockopt(zmq.EVENTS))
+        return cast("int", self._get(_EVENTS))
 
     def _wake_others(self) -> None:
         if self._changed is not None:

@@ -21,11 +21,11 @@ Rules:
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
 import itertools
 import os
+import time
 import types
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -76,8 +76,22 @@ class MessageFormatError(WireError):
     missing header field)."""
 
 
+# The current second, formatted, is kept: a header's date is made for every message, and
+# datetime's isoformat took 2 µs of the 3 its making cost. One tuple, replaced whole, so the
+# two loops' threads never see a second and a text that do not belong together.
+_second: tuple[int, str] = (-1, "")
+
+
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+    """Now, in UTC, as ISO 8601 with microseconds (``2026-11-21T20:11:06.123456+00:00``)."""
+    global _second
+    now = time.time()
+    second, text = _second
+    if int(now) != second:
+        second = int(now)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = (second, text)
+    return f"{text}.{int((now - second) * 1e6):06d}+00:00"
 
 
 # The process id goes into every message id; reading it is a system call, so it is kept here
