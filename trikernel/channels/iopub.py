@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import NoReturn
 
 import attrs
@@ -217,8 +218,15 @@ class IOPubQueue:
             taken.set()
         return items
 
-    async def get_batch(self) -> list[Message | SentMarker]:
-        """Wait for work by the rules above; return it with text made into messages."""
+    async def get_batch(self) -> Iterator[Message | SentMarker]:
+        """Wait for work by the rules above; return it, with text made into messages as the
+        iterator reaches it.
+
+        Lazily, and one piece of text at a time: a piece is made into its message, packed and
+        sent before the next is cut. So a 10 MB write reuses the same few MiB of memory for
+        every piece, rather than the whole text's worth of fresh pages, whose first touches
+        (page faults) cost more than encoding the text.
+        """
         while True:
             self._event = trio.Event()
             with self._lock:
@@ -239,21 +247,23 @@ class IOPubQueue:
                         break
             items = self._take()
             if items:
-                return [msg for item in items for msg in self._as_messages(item)]
+                return self._as_messages(items)
 
-    def _as_messages(self, item: Message | _Text | SentMarker) -> list[Message | SentMarker]:
-        if not isinstance(item, _Text):
-            return [item]
-        text = "".join(item.parts)
-        return [
-            self.session.msg(
-                "stream",
-                {"name": item.name, "text": text[start : start + _MAX_STREAM_CHARS]},
-                parent=item.parent,
-                identities=[b"stream." + item.name.encode()],
-            )
-            for start in range(0, len(text), _MAX_STREAM_CHARS)
-        ]
+    def _as_messages(
+        self, items: list[Message | _Text | SentMarker]
+    ) -> Iterator[Message | SentMarker]:
+        for item in items:
+            if not isinstance(item, _Text):
+                yield item
+                continue
+            text = "".join(item.parts)
+            for start in range(0, len(text), _MAX_STREAM_CHARS):
+                yield self.session.msg(
+                    "stream",
+                    {"name": item.name, "text": text[start : start + _MAX_STREAM_CHARS]},
+                    parent=item.parent,
+                    identities=[b"stream." + item.name.encode()],
+                )
 
 
 async def serve_iopub(
