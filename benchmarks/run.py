@@ -108,7 +108,7 @@ FIGURES = [
         "s",
         goal=0.5,
         rep=figures.write_10mb,
-        reps=lambda p: p.stream_reps,
+        reps=lambda p: p.write_reps,
     ),
     Figure(
         "comm_rt",
