@@ -212,6 +212,8 @@ class Kernel:
         self._shell_inbox: Mailbox[_Incoming]
         self._user: UserCode
         self._shutdown_started = False  # main loop
+        self._requests_running = 0  # main loop: shell requests not yet replied to
+        self._requests_done: trio.Event | None = None  # set when that count drops to 0
         self._shutdown_replying = False  # a shutdown_request waits for its reply
         self._main_stopped: trio.Event  # io loop: main loop has stopped user code
         self._io_finished: trio.Event  # main loop: the io loop sent the shutdown reply
@@ -332,8 +334,8 @@ class Kernel:
                 await self._stop_user_code()
                 post(self._io_token, self._main_stopped.set)
                 if not self._shutdown_replying:
-                    # SIGTERM or `exit`: no reply to send, but the output must still go out.
-                    post(self._io_token, self._io_nursery.start_soon, self._finish_shutdown, None)
+                    # SIGTERM or `exit`: no shutdown_reply, but queued replies and output still go out.
+                    post(self._io_token, self._io_nursery.start_soon, self._finish_shutdown)
                 with trio.move_on_after(2):
                     await self._io_finished.wait()
                 nursery.cancel_scope.cancel()
@@ -352,6 +354,11 @@ class Kernel:
         self._user.cancel_all("shutdown")
         with trio.move_on_after(grace):
             await self._user.wait_idle()
+            # And until the stopped requests have queued their replies and idles, which
+            # _finish_shutdown then sees out (a cell SIGTERM interrupts still gets its reply).
+            while self._requests_running:
+                self._requests_done = trio.Event()
+                await self._requests_done.wait()
         await self.background.aclose(grace)
         background.tasks = None
         self._drain_fds()
@@ -468,7 +475,7 @@ class Kernel:
             self._reply(channel, msg, content)
         self._status("idle", msg)
         if msg.msg_type == "shutdown_request":
-            await self._finish_shutdown(channel)
+            await self._finish_shutdown()
 
     async def _call(
         self, handlers: Mapping[str, Handler], msg: Message
@@ -576,6 +583,16 @@ class Kernel:
 
     @trio.lowlevel.enable_ki_protection
     async def _run_shell_request(self, incoming: _Incoming) -> None:
+        self._requests_running += 1
+        try:
+            await self._answer_shell_request(incoming)
+        finally:
+            self._requests_running -= 1
+            if not self._requests_running and self._requests_done is not None:
+                self._requests_done.set()
+
+    @trio.lowlevel.enable_ki_protection
+    async def _answer_shell_request(self, incoming: _Incoming) -> None:
         msg = incoming.msg
         self._last_parent = msg
         self._status("busy", msg)
@@ -855,12 +872,13 @@ class Kernel:
         self._shutdown_started = True
         self._shutdown_requested.set()
 
-    async def _finish_shutdown(self, channel: Channel | None) -> None:
-        """IO loop: once the reply (if any) and all output are sent, let the main loop end."""
+    async def _finish_shutdown(self) -> None:
+        """IO loop: once every queued reply (the shutdown_reply too) and all output are sent,
+        let the main loop end."""
         with trio.move_on_after(1):
-            if channel is not None:
+            for outbox in self._outboxes.values():
                 marker = SentMarker()
-                self._outboxes[channel].put(marker)
+                outbox.put(marker)
                 await marker.event.wait()
             await self._iopub.wait_sent()
         post(self._main_token, self._io_finished.set)
