@@ -334,7 +334,8 @@ class Kernel:
                 await self._stop_user_code()
                 post(self._io_token, self._main_stopped.set)
                 if not self._shutdown_replying:
-                    # SIGTERM or `exit`: no shutdown_reply, but queued replies and output still go out.
+                    # SIGTERM or `exit`: no shutdown_reply, but queued replies and output still
+                    # go out.
                     post(self._io_token, self._io_nursery.start_soon, self._finish_shutdown)
                 with trio.move_on_after(2):
                     await self._io_finished.wait()

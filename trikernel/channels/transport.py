@@ -26,8 +26,8 @@ Invariants:
   and a kernel that cannot encrypt refuses to start rather than serve plain text.
 
 Why not zmq-anyio, the socket layer chosen at first: it starts helper tasks for every awaited
-call and a task group for every wake of its reader, which cost the execute round trip a third
-of its time (``benchmarks/transport.py`` measures the two side by side).
+call and a task group for every wake of its reader, about a quarter of the execute round trip
+(``benchmarks/transport.py`` measures the two side by side).
 """
 
 from __future__ import annotations
