@@ -108,8 +108,10 @@ class _DisplayPublisher(DisplayPublisher):
         _kernel_of(self.shell).publish("clear_output", {"wait": bool(wait)})
 
 
-# Seconds IPython's save thread waits, once woken, before it writes (see _History).
+# IPython's save thread, once woken, writes when no cell was stored for _HISTORY_LINGER
+# seconds, or after _HISTORY_MAX_WAIT seconds of cells coming without a pause (see _History).
 _HISTORY_LINGER = 0.01
+_HISTORY_MAX_WAIT = 1.0
 
 
 class _History(HistoryManager):
@@ -125,8 +127,9 @@ class _History(HistoryManager):
       (``get_tail``, ``search``) still finds every entry in the database.
     - IPython wakes its save thread after every cell, for a transaction and its fsyncs each:
       a fifth to a quarter of the kernel process's CPU time per sequential ``pass`` cell. The
-      save thread first waits ``_HISTORY_LINGER`` seconds, so cells run in quick succession
-      share one transaction. An entry reaches the database that much later.
+      save thread first waits until no cell was stored for ``_HISTORY_LINGER`` seconds (at
+      most ``_HISTORY_MAX_WAIT``), so cells run in quick succession share one transaction. An
+      entry reaches the database that much later.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -141,9 +144,9 @@ class _History(HistoryManager):
         if conn is None:
             conn = self.db
         if threading.current_thread() is self.save_thread:
-            # IPython wakes its save thread after every cell; a short wait first lets the
-            # cells that follow share the transaction, and its fsync.
-            time.sleep(_HISTORY_LINGER)
+            # IPython wakes its save thread after every cell; waiting for a pause first lets
+            # the cells that follow share the transaction, and its fsyncs.
+            self._wait_for_pause()
         with self._writeout_lock:
             # Inputs, then outputs, as IPython does; on a clash of session and line numbers
             # (IPython's handling too) inputs move to a new session, outputs are not stored.
@@ -169,6 +172,13 @@ class _History(HistoryManager):
                 self._insert(conn, "INSERT INTO output_history VALUES (?, ?, ?)", outputs)
             except sqlite3.IntegrityError:
                 log.warning("history: these outputs' line numbers are already stored; not kept")
+
+    def _wait_for_pause(self) -> None:
+        deadline = time.monotonic() + _HISTORY_MAX_WAIT
+        stored = -1
+        while stored != len(self.db_input_cache) and time.monotonic() < deadline:
+            stored = len(self.db_input_cache)
+            time.sleep(_HISTORY_LINGER)
 
     def _insert(self, conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -505,7 +515,8 @@ class TrikernelShell(InteractiveShell):
     def take_payloads(self) -> list[dict[str, Any]]:
         """The reply payloads of the last cell; ``set_next_input`` only once (the last)."""
         payloads: list[dict[str, Any]] = list(self._payloads.read_payload())
-        self._payloads.clear_payload()
+        if payloads:  # clearing sets a validated trait: not worth it for nothing, every cell
+            self._payloads.clear_payload()
         last_next_input = None
         for p in payloads:
             if p.get("source") == "set_next_input":

@@ -2,11 +2,13 @@
 
 ``trikernel.shell._History`` writes the entries outside the lock that ``store_inputs`` takes as
 each cell starts; writers still take turns, so a lookup that writes out first sees them all.
+IPython's save thread writes once cells pause, so a burst of cells shares one transaction.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShellABC
 
+from trikernel import shell
 from trikernel.shell import _History
 
 TIMEOUT = 5.0
@@ -37,6 +40,34 @@ def history(tmp_path: Path) -> Iterator[_History]:
     hm.end_session()
     if hm.save_thread is not None:
         hm.save_thread.stop()
+
+
+@pytest.fixture
+def woken_per_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_History]:
+    # IPython's default cache size: store_inputs wakes the save thread after every cell. The
+    # pause is long enough that a test's burst of cells cannot contain one.
+    monkeypatch.setattr(shell, "_HISTORY_LINGER", 0.5)
+    hm = _History(shell=_Shell(), hist_file=tmp_path / "history.sqlite", db_cache_size=0)
+    yield hm
+    hm.end_session()
+    if hm.save_thread is not None:
+        hm.save_thread.stop()
+
+
+def _recording_inserts(hm: _History) -> tuple[list[int], threading.Event]:
+    """Record how many rows each SQL write of ``hm`` carries: (the counts, set after each)."""
+    counts: list[int] = []
+    wrote = threading.Event()
+    insert = hm._insert
+
+    def recording(conn: Any, sql: str, rows: list[Any]) -> None:
+        insert(conn, sql, rows)
+        if rows:
+            counts.append(len(rows))
+            wrote.set()
+
+    hm._insert = recording  # type: ignore[method-assign]
+    return counts, wrote
 
 
 def _blocking_insert(hm: _History) -> tuple[threading.Event, threading.Event]:
@@ -96,3 +127,25 @@ def test_outputs_are_written_with_the_inputs(history: _History) -> None:
     history.writeout_cache()
     [entry] = history.get_tail(1, output=True, include_latest=True)
     assert entry[2] == ("1 + 1", "2")
+
+
+def test_the_save_thread_writes_a_burst_of_cells_in_one_transaction(
+    woken_per_cell: _History,
+) -> None:
+    counts, wrote = _recording_inserts(woken_per_cell)
+    # Cells 50 ms apart for longer than one pause: none of the gaps is a pause.
+    for n in range(1, 16):
+        woken_per_cell.store_inputs(n, f"x = {n}")
+        time.sleep(0.05)
+    assert wrote.wait(TIMEOUT), "the save thread wrote nothing"
+    assert counts == [15]
+    # Written by the save thread: in the database before anything asked for it.
+    rows = woken_per_cell.db.execute("SELECT source FROM history ORDER BY line").fetchall()
+    assert [row[0] for row in rows] == [f"x = {n}" for n in range(1, 16)]
+
+
+def test_the_save_thread_writes_a_single_cell_once_cells_pause(woken_per_cell: _History) -> None:
+    counts, wrote = _recording_inserts(woken_per_cell)
+    woken_per_cell.store_inputs(1, "a = 1")
+    assert wrote.wait(TIMEOUT), "the save thread did not write the cell"
+    assert counts == [1]
