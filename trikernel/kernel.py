@@ -59,7 +59,7 @@ from .execution import Run, UserCode, call_user_code, deadline_message
 from .handoff import Mailbox, post, run_loop_in_thread
 from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
 from .settings import KernelSettings
-from .streams import FdCapture, OutStream
+from .streams import FdCapture, FdCaptures, OutStream
 from .tasks import BackgroundTasks, background
 
 __all__ = ["Kernel", "RequestError", "ainput", "current_cell", "current_request"]
@@ -197,7 +197,7 @@ class Kernel:
             )
         }
         self._last_parent: Message | None = None
-        self._fd_captures: list[FdCapture] = []
+        self._fd_captures = FdCaptures([])
         self._shells: dict[str | None, _Shell] = {}  # main loop; None is the parent shell
         self._shell_nursery: trio.Nursery | None = None
         self._subshell_ids: set[str] = set()  # io loop: what list_subshell_request reports
@@ -291,16 +291,14 @@ class Kernel:
         for handler in logging.getLogger("trikernel").handlers:
             if isinstance(handler, logging.StreamHandler):
                 handler.setStream(log_stream)
-        self._fd_captures = [
-            FdCapture(1, "stdout", self._iopub, self.parent),
-            FdCapture(2, "stderr", self._iopub, self.parent),
-        ]
-        for capture in self._fd_captures:
+        self._fd_captures = FdCaptures(
+            [
+                FdCapture(1, "stdout", self._iopub, self.parent),
+                FdCapture(2, "stderr", self._iopub, self.parent),
+            ]
+        )
+        for capture in self._fd_captures.captures:
             post(self._io_token, self._io_nursery.start_soon, capture.serve)
-
-    def _drain_fds(self) -> None:
-        for capture in self._fd_captures:
-            capture.drain()
 
     async def _serve_main(self) -> None:
         self._main_token = trio.lowlevel.current_trio_token()
@@ -341,8 +339,7 @@ class Kernel:
                     await self._io_finished.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            for capture in self._fd_captures:
-                capture.restore()
+            self._fd_captures.restore()
             _end_child_processes()
             self._user.uninstall()
             shell = getattr(self, "shell", None)
@@ -362,7 +359,7 @@ class Kernel:
                 await self._requests_done.wait()
         await self.background.aclose(grace)
         background.tasks = None
-        self._drain_fds()
+        self._fd_captures.drain()
         sys.stdout.flush()
         sys.stderr.flush()
 
@@ -611,7 +608,7 @@ class Kernel:
         if content is not None and msg.msg_type.endswith("_request"):
             self._reply("shell", msg, content)
         # Text the request wrote at the file-descriptor level belongs before its idle.
-        self._drain_fds()
+        self._fd_captures.drain()
         self._status("idle", msg)
 
     # -- handlers: shell ---------------------------------------------------------------------

@@ -15,15 +15,16 @@ import contextlib
 import fcntl
 import io
 import os
+import select
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
 from .channels import IOPubQueue
 from .protocol import Message
 
-__all__ = ["FdCapture", "OutStream"]
+__all__ = ["FdCapture", "FdCaptures", "OutStream"]
 
 
 class OutStream(io.TextIOBase):
@@ -107,6 +108,11 @@ class FdCapture:
         os.close(write_end)
         self._read_end = read_end
 
+    @property
+    def read_end(self) -> int:
+        """The pipe's read end (-1 once restored)."""
+        return self._read_end
+
     def drain(self) -> None:
         """Queue whatever the pipe holds now (any thread; never blocks)."""
         with self._lock:
@@ -141,3 +147,33 @@ class FdCapture:
         read_end, self._read_end = self._read_end, -1
         os.close(read_end)
         os.close(self.saved)
+
+
+class FdCaptures:
+    """The kernel's descriptor captures (stdout's and stderr's), drained together.
+
+    Draining looks at every pipe with one ``poll(2)`` and reads only from a pipe that holds
+    something. Every system call lets the io thread take the GIL, and getting it back costs the
+    main thread more than the call itself: a read per pipe per request was about a tenth of the
+    kernel's CPU time per cell in the pipelined benchmark, and one poll costs a quarter of that.
+    """
+
+    def __init__(self, captures: Sequence[FdCapture]) -> None:
+        self.captures = list(captures)
+        self._by_fd = {capture.read_end: capture for capture in self.captures}
+        self._poll = select.poll()
+        for fd in self._by_fd:
+            self._poll.register(fd, select.POLLIN)
+
+    def drain(self) -> None:
+        """Queue whatever the pipes hold now (one thread at a time; never blocks)."""
+        for fd, _ in self._poll.poll(0):
+            self._by_fd[fd].drain()
+
+    def restore(self) -> None:
+        """Point every descriptor back where it was (see :meth:`FdCapture.restore`)."""
+        for fd in self._by_fd:
+            self._poll.unregister(fd)
+        self._by_fd.clear()
+        for capture in self.captures:
+            capture.restore()
