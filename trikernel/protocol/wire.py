@@ -165,14 +165,11 @@ class Header:
         for key in ("username", "date", "version"):
             if not isinstance(d.get(key, ""), str):
                 raise MessageFormatError(f"header field {key!r} is not a string")
-        if _too_deep(d, MAX_HEADER_DEPTH):
+        extra = {k: v for k, v in d.items() if k not in _HEADER_FIELDS}
+        # Only the extra fields can nest: the six above are strings.
+        if extra and _too_deep(extra, MAX_HEADER_DEPTH):
             # It is echoed as parent_header to every client: jupyter_client's parser recurses.
             raise MessageFormatError(f"header nests deeper than {MAX_HEADER_DEPTH} levels")
-        return cls._from_dict(d, raw)
-
-    @classmethod
-    def _from_dict(cls, d: dict[str, Any], raw: bytes | None = None) -> Header:
-        extra = {k: v for k, v in d.items() if k not in _HEADER_FIELDS}
         return cls(
             msg_id=d["msg_id"],
             msg_type=d["msg_type"],
