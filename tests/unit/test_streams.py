@@ -1,6 +1,6 @@
 """Descriptor captures: text written below Python (``os.write``, C, child processes).
 
-Scratch descriptors stand in for 1 and 2, and a list stands in for the iopub queue.
+Scratch descriptors stand in for 1 and 2, and an object that records writes for the iopub queue.
 """
 
 from __future__ import annotations
