@@ -13,6 +13,8 @@ Invariants:
   put thousands of items between two wake-ups cost the consumer one wake-up.
 - :func:`run_loop_in_thread` is the only place a thread with a trio loop is started; the task
   that runs it is that thread's supervisor (cancel the task: the loop is cancelled and joined).
+- Every thread the kernel starts blocks :data:`MAIN_THREAD_SIGNALS`, and so do the threads they
+  start: the OS delivers those signals to the main thread (see :func:`main_thread_signals_only`).
 - A call posted to another loop (:func:`post`) never raises there: an exception escaping a
   ``run_sync_soon`` callback is a ``TrioInternalError`` that ends that loop. Posting to a loop
   that has finished (late in shutdown) is dropped, not an error for the poster.
@@ -25,18 +27,49 @@ import math
 import signal
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, NoReturn, TypeVar
 
 import attrs
 import outcome
 import trio
 
-__all__ = ["Mailbox", "post", "run_loop_in_thread", "run_sync_in_thread"]
+__all__ = [
+    "MAIN_THREAD_SIGNALS",
+    "Mailbox",
+    "main_thread_signals_only",
+    "post",
+    "run_loop_in_thread",
+    "run_sync_in_thread",
+]
 
 log = logging.getLogger("trikernel")
 
 T = TypeVar("T")
+
+
+#: Signals whose Python handlers decide what they mean, which CPython runs on the main thread
+#: only: SIGINT (an interrupt), SIGTERM (shutdown), SIGVTALRM (the CPU-time tick).
+MAIN_THREAD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGVTALRM})
+
+
+@contextmanager
+def main_thread_signals_only() -> Iterator[None]:
+    """Block :data:`MAIN_THREAD_SIGNALS` in the calling thread for the body.
+
+    A thread inherits the mask of the thread that starts it, so threads started in the body
+    (or started from those) never take these signals. Why it matters: the OS hands a signal sent
+    to the process to any thread that does not block it, and if that is not the main thread, the
+    main thread is not woken. A cell blocked in ``time.sleep(30)`` then sleeps on: SIGTERM gave
+    it no ``KeyboardInterrupt``, no reply and no exit until the sleep ended. Signals that arrive
+    while the body runs on the main thread wait until it ends.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def post(token: trio.lowlevel.TrioToken, fn: Callable[..., object], *args: object) -> None:
@@ -135,8 +168,9 @@ async def run_loop_in_thread(
     When the calling task is cancelled, the thread's loop is cancelled and joined (waiting at
     most ``join_timeout`` seconds) before the cancellation propagates.
 
-    SIGINT and SIGVTALRM are blocked in the new thread so that the OS delivers them to the main
-    thread, where the kernel's handlers decide what they mean (see :mod:`trikernel.interrupts`).
+    :data:`MAIN_THREAD_SIGNALS` are blocked in the new thread so that the OS delivers them to
+    the main thread, where the kernel's handlers decide what they mean (see
+    :mod:`trikernel.execution`).
     """
     caller = trio.lowlevel.current_trio_token()
     done = trio.Event()
@@ -159,7 +193,7 @@ async def run_loop_in_thread(
         return None
 
     def thread_main() -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGVTALRM})
+        signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
         result.append(outcome.capture(trio.run, body))
         try:
             caller.run_sync_soon(done.set)
@@ -199,6 +233,7 @@ async def run_sync_in_thread(fn: Callable[[], T], name: str, *, stop: Callable[[
     result: list[outcome.Outcome[T]] = []
 
     def thread_main() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
         result.append(outcome.capture(fn))
         try:
             caller.run_sync_soon(done.set)

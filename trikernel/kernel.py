@@ -56,7 +56,7 @@ from .channels import (
     serve_stdin,
 )
 from .execution import Run, UserCode, call_user_code, deadline_message
-from .handoff import Mailbox, post, run_loop_in_thread
+from .handoff import Mailbox, main_thread_signals_only, post, run_loop_in_thread
 from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
 from .settings import KernelSettings
 from .streams import FdCapture, FdCaptures, OutStream
@@ -321,7 +321,9 @@ class Kernel:
                 from .comms import install_comms
                 from .shell import make_shell
 
-                self.shell = make_shell(self, history=self.settings.shell.history)
+                # IPython starts its history thread here.
+                with main_thread_signals_only():
+                    self.shell = make_shell(self, history=self.settings.shell.history)
                 self.comm_manager = install_comms(self)
                 self.background = BackgroundTasks(self)
                 await nursery.start(self.background.serve)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.kernel.conftest import TIMEOUT, Kernel, outputs, stream_text
+from tests.kernel.conftest import TIMEOUT, Kernel, outputs, start_kernel, stop_kernel, stream_text
 
 Interrupt = Callable[[Kernel], None]
 
@@ -150,6 +150,55 @@ def test_sigterm_exits_in_order(fresh_kernel: Kernel) -> None:
     os.kill(fresh_kernel.km.provisioner.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
     assert fresh_kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
     fresh_kernel.wait_exit(timeout=1.5)
+
+
+# A signal sent to the process goes to any thread that does not block it, and CPython runs its
+# Python handler on the main thread only: if another thread takes it, the main thread, blocked
+# in a sleep, is not woken. On Linux, kill() with a thread's id makes that thread the first
+# choice, which is how these tests put the signal on each thread in turn.
+BLOCKED_CELL = "import time\nprint('started', flush=True)\ntime.sleep(30)"
+
+
+def _other_threads(pid: int) -> list[int]:
+    """The ids of the process's threads other than the main one (Linux's /proc)."""
+    tids = (int(task.name) for task in Path(f"/proc/{pid}/task").iterdir())
+    return sorted(tid for tid in tids if tid != pid)
+
+
+def _blocked_cell(k: Kernel) -> str:
+    cell = k.kc.execute(BLOCKED_CELL)
+    k.iopub_until(cell, lambda m: m["msg_type"] == "stream")
+    return cell
+
+
+def test_sigint_interrupts_whichever_thread_takes_it(fresh_kernel: Kernel) -> None:
+    pid = fresh_kernel.km.provisioner.process.pid  # type: ignore[union-attr]
+    threads = _other_threads(pid)
+    assert len(threads) >= 3  # the io loop's, the heartbeat's, IPython's history thread...
+    for tid in threads:
+        cell = _blocked_cell(fresh_kernel)
+        os.kill(tid, signal.SIGINT)
+        assert fresh_kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt", tid
+    fresh_kernel.execute("1")  # still serving
+
+
+def test_sigterm_exits_in_order_whichever_thread_takes_it() -> None:
+    probe = start_kernel()
+    try:
+        count = len(_other_threads(probe.km.provisioner.process.pid))  # type: ignore[union-attr]
+    finally:
+        stop_kernel(probe)
+    for n in range(count):
+        k = start_kernel()
+        try:
+            cell = _blocked_cell(k)
+            threads = _other_threads(k.km.provisioner.process.pid)  # type: ignore[union-attr]
+            assert len(threads) == count
+            os.kill(threads[n], signal.SIGTERM)
+            assert k.reply(cell)["content"]["ename"] == "KeyboardInterrupt", f"thread {n}"
+            k.wait_exit(timeout=1.5)
+        finally:
+            stop_kernel(k)
 
 
 def test_no_orphan_subprocess_after_shutdown(fresh_kernel: Kernel) -> None:
