@@ -7,8 +7,8 @@ would be measured instead of the kernel's. This client:
 * signs what it sends with ``jupyter_client.session.Session`` (the kernel verifies it);
 * does not verify the signature of what it receives (it trusts the kernel it started) and parses
   only the header and parent header of each message; ``content`` is parsed when it is read;
-* polls shell, control and iopub from one thread with ``zmq.Poller`` and stamps each batch of
-  messages with ``time.perf_counter()`` when the poll returned;
+* polls shell, control and iopub from one thread with ``zmq.Poller`` and stamps each message
+  with ``time.perf_counter()`` as it is taken from its socket;
 * sets unlimited high-water marks on its sockets, so it never makes the kernel's sockets drop
   or wait, and a 5 ms reconnect interval, so a kernel that binds late is reached promptly.
 """
@@ -143,7 +143,6 @@ class Wire:
         events = self.poller.poll(max(0, int(timeout * 1000)))
         if not events:
             return None
-        now = time.perf_counter()
         for sock, _ in events:
             channel = self._by_socket[sock]
             while True:
@@ -151,7 +150,10 @@ class Wire:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self._ready.append(Msg(channel, frames, now))
+                # Stamped one by one: messages that arrive while this loop drains the socket
+                # must not take the time the poll returned, which would make a kernel that
+                # streams look faster than it is.
+                self._ready.append(Msg(channel, frames, time.perf_counter()))
         return self._ready.popleft() if self._ready else None
 
     def messages(self, timeout: float, what: str = "a message") -> Iterator[Msg]:
