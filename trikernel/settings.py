@@ -104,6 +104,9 @@ class KernelSettings:
     shutdown: ShutdownSettings = attrs.Factory(ShutdownSettings)
     log_level: str = attrs.field(default="WARNING", converter=_upper)
     """Level of the kernel's own log on stderr (DEBUG, INFO, WARNING, ERROR)."""
+    tune_malloc: bool = True
+    """Start glibc's allocator at the thresholds it adapts to after a 32 MiB block is freed,
+    instead of where it starts (see docs/architecture.md); off: glibc's defaults."""
 
     @log_level.validator
     def _check_level(self, _attribute: attrs.Attribute[str], value: str) -> None:

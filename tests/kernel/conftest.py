@@ -129,10 +129,11 @@ class Kernel:
         return time.monotonic() - start
 
 
-def start_kernel(**manager_options: Any) -> Kernel:
-    """Start the test kernel; ``manager_options`` go to the ``KernelManager``."""
+def start_kernel(start: dict[str, Any] | None = None, **manager_options: Any) -> Kernel:
+    """Start the test kernel; ``manager_options`` go to the ``KernelManager``, ``start`` to its
+    ``start_kernel`` (``env=``, ``extra_arguments=``)."""
     km = KernelManager(kernel_name=TEST_KERNEL, **manager_options)
-    km.start_kernel()
+    km.start_kernel(**(start or {}))
     kc = km.client()
     # The tests read iopub when they need it, sometimes after tens of thousands of messages:
     # with no limit on this client's queue, the kernel never waits for it (a frontend that

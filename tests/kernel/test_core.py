@@ -21,6 +21,8 @@ from tests.kernel.conftest import (
     RunKernel,
     merge_streams,
     outputs,
+    start_kernel,
+    stop_kernel,
     stream_text,
 )
 from tests.kernel.hostile_helpers import Wire, parent_id
@@ -329,3 +331,37 @@ def test_requests_waiting_when_the_kernel_binds_are_answered(
         assert proc.poll() is None
     finally:
         ctx.destroy(linger=0)
+
+
+# How much of a fresh 20 MiB block glibc served with mmap (hblkhd: bytes in mapped blocks).
+MAPPED_BYTES_OF_A_20_MIB_BLOCK = """
+import ctypes
+class _Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+_libc = ctypes.CDLL(None)
+_libc.mallinfo2.restype = _Info
+_before = _libc.mallinfo2().hblkhd
+_block = bytearray(20 << 20)
+print((_libc.mallinfo2().hblkhd - _before) >> 20)
+del _block
+"""
+
+
+@pytest.mark.parametrize(
+    ("start", "mapped"),
+    [
+        ({}, "0"),  # tuned: served from the heap, reused after it is freed
+        ({"extra_arguments": ["--tune_malloc=false"]}, "20"),
+        ({"env": {**os.environ, "MALLOC_TOP_PAD_": "131072"}}, "20"),  # the user's choice stays
+    ],
+    ids=["default", "setting-off", "user-malloc-variable"],
+)
+def test_glibc_malloc_thresholds(start: dict[str, object], mapped: str) -> None:
+    k = start_kernel(start)
+    try:
+        reply, msgs = k.execute(MAPPED_BYTES_OF_A_20_MIB_BLOCK)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert stream_text(msgs).strip() == mapped
+    finally:
+        stop_kernel(k)

@@ -27,6 +27,7 @@ ALL_PATHS = {
     "iopub.stall_timeout",
     "shutdown.grace",
     "log_level",
+    "tune_malloc",
 }
 
 
