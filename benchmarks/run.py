@@ -303,6 +303,11 @@ def run(args: argparse.Namespace) -> int:
     labels = choose_kernels(args, notes)
     for note in notes:
         print(note)
+    if labels.get("trikernel") == "trikernel" and (differ := stale_install()):
+        sys.exit(
+            f"the trikernel this Python runs is not this checkout's ({', '.join(differ)} "
+            "differ): reinstall it first (`nox -s bench` does; `nox -R` skips installs)"
+        )
     if args.baseline not in labels:
         print(f"note: baseline {args.baseline!r} is not run; ratios are left out")
     results = Results(list(labels))
@@ -566,6 +571,30 @@ def save_json(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
     print(f"results: {path}")
+
+
+def stale_install(python: str = sys.executable) -> list[str]:
+    """The files of this checkout's trikernel/ that the one ``python`` imports lacks or has
+    otherwise: the default kernelspec runs that interpreter's installed copy, and git_state()
+    names the checkout, so the two must agree (``nox -R`` skips the reinstall)."""
+    found = subprocess.run(
+        [python, "-c", "import trikernel; print(trikernel.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),  # not the checkout, which would shadow the installed copy
+    )
+    if found.returncode:
+        return ["(trikernel is not importable)"]
+    installed = Path(found.stdout.strip()).parent
+    source = HERE.parent / "trikernel"
+    if installed.resolve() == source.resolve():
+        return []
+    differ = []
+    for path in sorted(source.rglob("*.py")):
+        copy = installed / path.relative_to(source)
+        if not copy.is_file() or copy.read_bytes() != path.read_bytes():
+            differ.append(str(path.relative_to(source)))
+    return differ
 
 
 def git_state() -> str | None:
