@@ -205,6 +205,8 @@ class TrikernelShell(InteractiveShell):
         super().__init__(**kwargs)
         self._cancelled: BaseException | None = None
         self.last_error: dict[str, Any] | None = None
+        self._last_error_of: BaseException | None = None
+        """The exception ``last_error`` shows, until IPython 9 stores it (then None)."""
         self.keepkernel_on_exit: bool | None = None
         # `print?` and `%page` page through a payload, not a terminal pager.
         self.set_hook("show_in_pager", page.as_hook(payloadpage.page), 99)
@@ -260,6 +262,7 @@ class TrikernelShell(InteractiveShell):
         """
         self._cancelled = None
         self.last_error = None
+        self._last_error_of = None
         raw_cell = source if raw_cell is None else raw_cell
         preprocessing_exc_tuple = None
         try:
@@ -377,10 +380,16 @@ class TrikernelShell(InteractiveShell):
     def _format_exception_for_storage(
         self, exception: BaseException, *args: Any, **kwargs: Any
     ) -> dict[str, Any]:
-        # IPython 9 formats every error a second time, verbosely, to keep it in history; for
-        # an interruption that would cost more than the interrupt itself (see above).
-        if isinstance(exception, (KeyboardInterrupt, DeadlineExceeded)) and self.last_error:
-            return self.last_error
+        # IPython 9 formats every error a second time, to keep it in history. The traceback
+        # just published for the same exception is that formatting, and formatting again took
+        # as long as the first time (pygments over the cell's source: most of an error cell's
+        # time). For an interruption, a verbose traceback would cost more than the interrupt
+        # itself (see above).
+        shown, self._last_error_of = self._last_error_of, None  # keep no frames alive
+        if self.last_error is not None and (
+            exception is shown or isinstance(exception, (KeyboardInterrupt, DeadlineExceeded))
+        ):
+            return dict(self.last_error)
         # Looked up, not called directly: IPython 8 has no such method (and never calls this).
         base = getattr(super(), "_format_exception_for_storage")  # noqa: B009
         stored: dict[str, Any] = base(exception, *args, **kwargs)
@@ -399,6 +408,7 @@ class TrikernelShell(InteractiveShell):
             "evalue": evalue,
             "traceback": self.format_cancellation(exc, ename, evalue),
         }
+        self._last_error_of = exc
         self.kernel.publish("error", self.last_error)
 
     # -- output ------------------------------------------------------------------------------
@@ -411,6 +421,7 @@ class TrikernelShell(InteractiveShell):
             "evalue": str(evalue),
             "traceback": stb,
         }
+        self._last_error_of = evalue
         self.kernel.publish("error", self.last_error)
 
     @property

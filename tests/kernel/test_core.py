@@ -69,6 +69,34 @@ def test_error_reply_and_message(kernel: Kernel) -> None:
     assert any("on purpose" in line for line in error["content"]["traceback"])
 
 
+@pytest.mark.parametrize(
+    "code", ["def f():\n    raise ValueError('on purpose')\nf()", "1 +", "%not_a_magic"]
+)
+def test_history_keeps_the_error_the_frontend_saw(kernel: Kernel, code: str) -> None:
+    # IPython 9 keeps each cell's formatted error in history (IPython 8 keeps none); the
+    # kernel hands it the traceback it published instead of formatting the error again.
+    reply, msgs = kernel.execute(code)
+    assert reply["content"]["status"] == "error"
+    count = reply["content"]["execution_count"]
+    _, probe = kernel.execute(
+        "import json as _j\n"
+        "_h = get_ipython().history_manager\n"
+        f"print(_j.dumps(_h.exceptions.get({count}) if hasattr(_h, 'exceptions') else 'none'))"
+    )
+    stored = json.loads(stream_text(probe))
+    if stored == "none":
+        import IPython  # the same IPython as the kernel's
+
+        assert IPython.version_info < (9,)
+    elif code.startswith("%"):
+        # A UsageError is printed on stderr, not published as an error message.
+        assert stored["ename"] == "UsageError"
+        assert "not_a_magic" in stream_text(msgs, "stderr")
+    else:
+        [error] = outputs(msgs, "error")
+        assert stored == error["content"]
+
+
 def test_silent_cell_has_no_input_message_and_no_count(kernel: Kernel) -> None:
     before, _ = kernel.execute("pass")
     _, msgs = kernel.execute("x_silent = 5", silent=True)
