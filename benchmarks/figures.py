@@ -76,6 +76,8 @@ class Params:
     startup_reps: int = 10
     execute_batches: int = 10
     execute_batch: int = 50
+    error_batches: int = 5
+    error_batch: int = 10
     pipelined_reps: int = 5
     pipelined_cells: int = 1000
     stream_reps: int = 5
@@ -97,6 +99,8 @@ QUICK = Params(
     startup_reps=2,
     execute_batches=2,
     execute_batch=30,
+    error_batches=1,
+    error_batch=3,
     pipelined_reps=1,
     pipelined_cells=200,
     stream_reps=1,
@@ -171,6 +175,29 @@ def execute_rt(k: Kernel, p: Params) -> list[float]:
         done = w.until(msg_id, timeout=10)
         out.append((done.end - t0) * 1000)
         _ok(done.reply, "pass")
+    return out
+
+
+ERROR_CELL = "1/0"
+
+
+def error_rt(k: Kernel, p: Params) -> list[float]:
+    """ms from sending ``1/0`` until both its error reply and its idle arrived, per cell.
+
+    Not one of issue 6's figures: a failing cell is a notebook's most common round trip after
+    a passing one, and its traceback is formatted by the same IPython in every kernel here.
+    """
+    w, out = k.w, []
+    shell = w.sockets["shell"]
+    for _ in range(p.error_batch):
+        msg_id, frames = w.prepare("execute_request", execute_content(ERROR_CELL))
+        t0 = time.perf_counter()
+        shell.send_multipart(frames)
+        done = w.until(msg_id, timeout=10)
+        out.append((done.end - t0) * 1000)
+        content = done.reply.content if done.reply is not None else {}
+        if content.get("ename") != "ZeroDivisionError":
+            raise AssertionError(f"{ERROR_CELL}: reply {content.get('status')}, not the error")
     return out
 
 

@@ -83,6 +83,14 @@ FIGURES = [
     ),
     Figure("execute_rt_p99", "execute", "`pass` round trip, p99", "ms"),
     Figure(
+        "error_rt",
+        "execute",
+        "`1/0` round trip (error reply + idle), median",
+        "ms",
+        rep=figures.error_rt,
+        reps=lambda p: p.error_batches,
+    ),
+    Figure(
         "pipelined",
         "pipelined",
         "pipelined `pass` cells (to last reply + idle)",
