@@ -11,6 +11,7 @@ machine's speed hits all of them alike. What each figure measures: ``docs/benchm
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import datetime
 import json
@@ -324,6 +325,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: load average {load_before:.2f} at start; figures will be noisy")
     ctx: zmq.Context[Any] = zmq.Context()
     log_dir = Path(tempfile.mkdtemp(prefix="trikernel-bench-logs-"))
+    # Every kernel keeps IPython's history in a fresh folder of this run's, as on a new
+    # machine: a full run stores tens of thousands of cells, which do not belong in the user's.
+    ipython_dir = tempfile.mkdtemp(prefix="trikernel-bench-ipython-")
+    atexit.register(shutil.rmtree, ipython_dir, ignore_errors=True)
+    os.environ["IPYTHONDIR"] = ipython_dir
     all_kernels: list[Kernel] = []
     running: list[Kernel] = []
     interrupted = False
