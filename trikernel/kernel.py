@@ -892,6 +892,12 @@ class Kernel:
         log.info("SIGTERM: shutting down")
         post(self._main_token, self._begin_shutdown)
         self._user.interrupt()
+        if self._user.interrupt_pending:
+            # The SIGINT is lost if this signal landed in the kernel's own code, where trio
+            # holds KeyboardInterrupt back, and the cell then sleeps on (a missing reply, seen
+            # under load in CI). As for a SIGINT from outside, the io loop sends it again until
+            # the cell took it. (A cell runs only once the io loop does: its token is set.)
+            post(self._io_token, self._watch_interrupt)
 
     # -- stdin (main thread, called by input()) ----------------------------------------------
 

@@ -203,6 +203,27 @@ def test_sigterm_exits_in_order_whichever_thread_takes_it() -> None:
     assert n >= 3  # the io loop's, the heartbeat's, IPython's history thread...
 
 
+# The SIGTERM lands while the main thread runs code that trio shields from KeyboardInterrupt
+# (as the kernel's own code is); then the cell blocks.
+SHIELDED_THEN_BLOCKED = """\
+import time, trio
+@trio.lowlevel.enable_ki_protection
+def shielded():
+    print('started', flush=True)
+    time.sleep(0.5)
+shielded()
+time.sleep(60)
+"""
+
+
+def test_sigterm_in_shielded_code_still_stops_the_cell(fresh_kernel: Kernel) -> None:
+    cell = fresh_kernel.kc.execute(SHIELDED_THEN_BLOCKED)
+    fresh_kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
+    os.kill(fresh_kernel.km.provisioner.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
+    assert fresh_kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
+    fresh_kernel.wait_exit(timeout=1.5)
+
+
 def test_no_orphan_subprocess_after_shutdown(fresh_kernel: Kernel) -> None:
     _, msgs = fresh_kernel.execute(
         "import subprocess\nchild = subprocess.Popen(['sleep', '60'])\nchild.pid"
