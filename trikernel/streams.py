@@ -130,6 +130,11 @@ class FdCapture:
                 text = self._decoder.decode(b"".join(chunks))
                 self._queue.write(self.name, text, self._parent(), wait=False)
 
+    def settle(self) -> None:
+        """Return once a drain in progress elsewhere has queued what it read (any thread)."""
+        with self._lock:
+            pass
+
     async def serve(self) -> None:
         """Read the pipe as it fills, until the descriptor is restored (io loop)."""
         while self._read_end >= 0:
@@ -166,9 +171,18 @@ class FdCaptures:
             self._poll.register(fd, select.POLLIN)
 
     def drain(self) -> None:
-        """Queue whatever the pipes hold now (one thread at a time; never blocks)."""
-        for fd, _ in self._poll.poll(0):
-            self._by_fd[fd].drain()
+        """Queue whatever the pipes hold now (one thread at a time).
+
+        A pipe that looks empty may be empty because the io loop has just read it and not yet
+        queued the text: that capture's lock is taken too, so the text is queued before
+        anything this thread queues next (the request's idle).
+        """
+        ready = {fd for fd, _ in self._poll.poll(0)}
+        for fd, capture in self._by_fd.items():
+            if fd in ready:
+                capture.drain()
+            else:
+                capture.settle()
 
     def restore(self) -> None:
         """Point every descriptor back where it was (see :meth:`FdCapture.restore`)."""

@@ -6,6 +6,7 @@ Scratch descriptors stand in for 1 and 2, and an object that records writes for 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,3 +70,46 @@ def test_restore_points_the_descriptors_back(scratch_fds: list[int]) -> None:
     captures.restore()
     assert [os.fstat(fd).st_rdev for fd in scratch_fds] == before
     assert all(capture.read_end == -1 for capture in captures.captures)
+
+
+class _HeldQueue(_Queue):
+    """Its first write (the io loop's drain, in a thread here) waits until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, name: str, text: str, parent: Any, *, wait: bool = True) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(10)
+        super().write(name, text, parent, wait=wait)
+
+
+def test_drain_waits_for_text_another_thread_has_read_but_not_queued(
+    scratch_fds: list[int],
+) -> None:
+    # The io loop has read the pipe (it is empty now) and is queueing the text when the main
+    # thread drains before the request's idle: the idle must come after that text.
+    queue = _HeldQueue()
+    captures = _captures(scratch_fds, queue)
+    try:
+        os.write(scratch_fds[1], b"err\n")
+        io_loop = threading.Thread(target=captures.captures[1].drain)
+        io_loop.start()
+        assert queue.entered.wait(10)
+
+        def main_thread() -> None:
+            captures.drain()
+            queue.writes.append(("status", "idle", "cell"))
+
+        main = threading.Thread(target=main_thread)
+        main.start()
+        main.join(0.2)  # the main thread must now be waiting for the io loop's text
+        queue.release.set()
+        io_loop.join(10)
+        main.join(10)
+        assert queue.writes == [("stderr", "err\n", "cell"), ("status", "idle", "cell")]
+    finally:
+        captures.restore()
