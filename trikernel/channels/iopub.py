@@ -175,7 +175,11 @@ class IOPubQueue:
             with self._lock:
                 if not self._full(text=text):
                     return
-                self._taken = taken = trio.Event()
+                # One event for every waiter (the control channel, each descriptor capture):
+                # a waiter that made its own would leave the one before it waiting for ever.
+                if self._taken is None:
+                    self._taken = trio.Event()
+                taken = self._taken
             await taken.wait()
 
     def _mark(self, *, urgent: bool) -> bool:

@@ -1,0 +1,37 @@
+"""The iopub queue's bound, seen from the io loop: who waits for room, and who is woken.
+
+No sockets: the test takes batches from the queue as ``serve_iopub`` does.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from trikernel.channels.iopub import MAX_PENDING_MESSAGES, IOPubQueue
+from trikernel.protocol import Session
+
+
+async def test_every_task_waiting_for_room_is_woken_when_the_queue_is_taken() -> None:
+    # The control channel and each descriptor capture wait for room at the same time; a
+    # second waiter once replaced the first one's wake-up, and the control channel then
+    # read no request again.
+    session = Session(b"")
+    queue = IOPubQueue(session, trio.lowlevel.current_trio_token())
+    for _ in range(MAX_PENDING_MESSAGES + 1):
+        queue.publish(session.msg("status", {"execution_state": "busy"}))  # the io loop: no wait
+    woken: list[str] = []
+
+    async def wait(name: str, *, text: bool) -> None:
+        await queue.wait_for_room(text=text)
+        woken.append(name)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: wait("control", text=False))
+            nursery.start_soon(lambda: wait("stderr capture", text=True))
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == [], "the queue is full: nobody may go on"
+            batch = list(await queue.get_batch())
+            assert len(batch) == MAX_PENDING_MESSAGES + 1
+    assert sorted(woken) == ["control", "stderr capture"]
