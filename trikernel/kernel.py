@@ -394,8 +394,9 @@ class Kernel:
                 token = self._io_token
                 self._outboxes = {ch: Mailbox(token) for ch in ("control", "stdin", "shell")}
                 iopub_room = functools.partial(self._iopub.wait_for_room, text=False)
+                stall = self.settings.replies.stall_timeout
                 ports["control"] = await nursery.start(
-                    functools.partial(serve_control, ready=iopub_room),
+                    functools.partial(serve_control, ready=iopub_room, stall_timeout=stall),
                     ctx,
                     conn,
                     session,
@@ -403,7 +404,9 @@ class Kernel:
                     self._outboxes["control"],
                 )
                 ports["stdin"] = await nursery.start(
-                    functools.partial(serve_stdin, on_unroutable=self._on_input_unroutable),
+                    functools.partial(
+                        serve_stdin, on_unroutable=self._on_input_unroutable, stall_timeout=stall
+                    ),
                     ctx,
                     conn,
                     session,
@@ -411,7 +414,12 @@ class Kernel:
                     self._outboxes["stdin"],
                 )
                 ports["shell"] = await nursery.start(
-                    serve_shell, ctx, conn, session, self._on_shell, self._outboxes["shell"]
+                    functools.partial(serve_shell, stall_timeout=stall),
+                    ctx,
+                    conn,
+                    session,
+                    self._on_shell,
+                    self._outboxes["shell"],
                 )
                 started(ports)
                 await trio.sleep_forever()

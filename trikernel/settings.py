@@ -23,6 +23,7 @@ __all__ = [
     "ExecutionSettings",
     "IOPubSettings",
     "KernelSettings",
+    "ReplySettings",
     "SettingsError",
     "ShutdownSettings",
     "StreamSettings",
@@ -87,6 +88,16 @@ class IOPubSettings:
 
 
 @attrs.frozen(kw_only=True)
+class ReplySettings:
+    """How the kernel waits for clients that read their replies slowly (``replies.*``)."""
+
+    stall_timeout: float = attrs.field(default=10.0, validator=_non_negative)
+    """Seconds a shell, control or stdin reply waits for a client whose ZeroMQ queue is full
+    (1000 replies unread); after that, replies that client has no room for are dropped for it
+    (logged) until it reads again. While a reply waits, the channel reads no requests."""
+
+
+@attrs.frozen(kw_only=True)
 class ShutdownSettings:
     """How the kernel stops (the ``shutdown.*`` settings)."""
 
@@ -101,6 +112,7 @@ class KernelSettings:
     shell: ExecutionSettings = attrs.Factory(ExecutionSettings)
     streams: StreamSettings = attrs.Factory(StreamSettings)
     iopub: IOPubSettings = attrs.Factory(IOPubSettings)
+    replies: ReplySettings = attrs.Factory(ReplySettings)
     shutdown: ShutdownSettings = attrs.Factory(ShutdownSettings)
     log_level: str = attrs.field(default="WARNING", converter=_upper)
     """Level of the kernel's own log on stderr (DEBUG, INFO, WARNING, ERROR)."""

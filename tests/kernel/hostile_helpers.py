@@ -123,6 +123,7 @@ class Wire:
         *,
         identity: bytes | None = None,
         wait_connected: bool = False,
+        options: Mapping[str, int] | None = None,
     ) -> Wire:
         """Connect a DEALER to ``channel``.
 
@@ -131,6 +132,7 @@ class Wire:
             wait_connected: return only once the ZeroMQ handshake with the kernel is done.
                 Needed where the kernel sends first (stdin): a ROUTER drops messages for a
                 peer it does not know yet.
+            options: socket options by name, set before connecting (``rcvhwm=2``).
         """
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 0
@@ -139,6 +141,8 @@ class Wire:
         sock.rcvhwm = 0
         if identity is not None:
             sock.identity = identity
+        for name, value in (options or {}).items():
+            sock.setsockopt(getattr(zmq, name.upper()), value)
         monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) if wait_connected else None
         sock.connect(f"tcp://{info['ip']}:{info[f'{channel}_port']}")
         if monitor is not None:

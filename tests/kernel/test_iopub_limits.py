@@ -1,4 +1,5 @@
-"""When frontends read iopub slowly: memory stays bounded, and output waits instead of being lost.
+"""When frontends read slowly: memory stays bounded, and output and replies wait instead of
+being lost.
 
 The limits and what happens at them are in ``docs/architecture.md`` ("When frontends read
 slowly"). Each test starts the kernel with small limits (``--iopub.hwm=4``, 4 MiB of pending
@@ -9,12 +10,16 @@ A subscriber is "paused" by not reading a SUB socket whose own queue holds two m
 the kernel then waits is proved by a second subscriber that reads everything: it stops getting
 messages long before the cell's end (and the RSS of the kernel process stays low), then gets the
 rest once the paused one reads again.
+
+The last tests do the same for replies: a control client sends thousands of requests and reads
+none until the kernel says its queue for that client is full.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -129,8 +134,8 @@ class Client:
         self.socks.append(sub.sock)
         return Reader(sub)
 
-    def wire(self, channel: str) -> Wire:
-        wire = Wire.connect(self.ctx, self.info, channel)
+    def wire(self, channel: str, **options: int) -> Wire:
+        wire = Wire.connect(self.ctx, self.info, channel, options=options)
         self.socks.append(wire.sock)
         return wire
 
@@ -252,3 +257,56 @@ def test_a_subscriber_that_stops_reading_is_left_behind_after_the_stall_timeout(
             break
     stderr.wait_for("every subscriber has room again", timeout=1.0)
     warm_up(shell, [reader])
+
+
+# -- replies: a client that reads its replies slowly ------------------------------------------
+
+#: Requests sent without reading: more replies than fit between the kernel and the client (the
+#: kernel's queue for it, 1000; the client's, 2; the TCP buffers, small on the client's side).
+#: Before replies were routed mandatorily, ZeroMQ dropped about half of them.
+FLOOD = 5000
+SLOW_READER = {"rcvhwm": 2, "rcvbuf": 4096, "sndhwm": 0}
+
+
+def test_a_client_that_reads_its_replies_late_gets_every_one(
+    client: Callable[..., tuple[Client, Any]],
+) -> None:
+    kernel, stderr = client()
+    control = kernel.wire("control", **SLOW_READER)
+    sent = [control.request("kernel_info_request") for _ in range(FLOOD)]
+    # The kernel says when its queue for the client is full: from then on it waits.
+    assert "INFO" in stderr.wait_for("control: a client's queue is full")
+
+    replies = Counter(parent_id(control.recv()) for _ in range(FLOOD))
+    assert set(replies) == set(sent)
+    assert max(replies.values()) == 1
+    control.reply(control.request("kernel_info_request"))  # and nothing came after the flood's
+    assert not [line for line in stderr.lines if "dropped" in line]
+
+
+def test_a_client_that_reads_no_replies_is_left_behind_after_the_stall_timeout(
+    client: Callable[..., tuple[Client, Any]],
+) -> None:
+    kernel, stderr = client("--replies.stall_timeout=1")
+    stuck = kernel.wire("control", **SLOW_READER)
+    other = kernel.wire("control")
+    for _ in range(FLOOD):
+        stuck.request("kernel_info_request")
+    stderr.wait_for("control: a client's queue is full")
+
+    # The channel waits for the stuck client one stall timeout, then serves the others.
+    started = time.monotonic()
+    other.reply(other.request("kernel_info_request"))
+    print(f"another client's reply after {time.monotonic() - started:.1f} s")
+    assert "WARNING" in stderr.wait_for("control: a client's queue has been full for 1.0 s")
+
+    # Once the stuck client reads, it gets replies again, and the kernel says how many it lost.
+    received = 0
+    while stuck.sock.poll(0):
+        stuck.recv()
+        received += 1
+    stuck.until(stuck.request("kernel_info_request"))
+    line = stderr.wait_for("a client left behind reads again")
+    dropped = int(line.split("; ")[1].split()[0])
+    print(f"stuck client: {received} replies read late, {dropped} dropped")
+    assert dropped > 0

@@ -9,6 +9,14 @@ Invariants:
 - Replies go out through the channel's outbox (a :class:`~trikernel.handoff.Mailbox`), which any
   thread may fill; one task in the io loop sends them, in order. The caller makes the outbox
   and passes it in, so it exists before the first request can be handled.
+- A reply is never dropped silently. The sockets route mandatorily (ROUTER_MANDATORY): past a
+  client's high-water mark (ZeroMQ's 1000 messages) the socket refuses a reply instead of
+  dropping it, and the sender retries on a short timer. Meanwhile the channel reads no more
+  requests, so a client that sends faster than it reads is held back in ZeroMQ's queues and
+  its own, not in the kernel's memory. A client that reads nothing for ``stall_timeout``
+  seconds is left behind (logged): its replies that do not fit are dropped until it reads
+  again, so it cannot hold up the channel's other clients for ever. A reply for a client that
+  is gone is dropped with a warning.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ async def serve_router(
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
     on_unroutable: Callable[[Message], None] | None = None,
+    stall_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Bind ``channel``'s ROUTER, report its port, then receive, and send what ``outbox`` holds,
@@ -51,18 +60,20 @@ async def serve_router(
 
     ``ready``, if given, is awaited before each receive: while it waits, requests stay in
     ZeroMQ's queue (and then the client's), which bounds what a flood costs the kernel.
-    ``on_unroutable``, if given, is called with each message that no connected peer can
-    receive (ROUTER_MANDATORY), instead of ZeroMQ dropping it silently.
+    ``on_unroutable``, if given, is called with each message whose client is not connected.
+    ``stall_timeout``: seconds a reply waits for a client whose queue is full (see the module's
+    invariants).
     """
-    options = {"router_mandatory": 1} if on_unroutable is not None else {}
     async with (
-        open_socket(ctx, zmq.ROUTER, conn, channel, **options) as sock,
+        open_socket(ctx, zmq.ROUTER, conn, channel, router_mandatory=1) as sock,
         trio.open_nursery() as nursery,
     ):
         dropped = _DropLog()
-        nursery.start_soon(_send_outbox, sock, session, outbox, channel, on_unroutable)
+        replier = _Replier(sock, channel, stall_timeout, on_unroutable)
+        nursery.start_soon(_send_outbox, replier, session, outbox)
         task_status.started(sock.port)
         while True:
+            await replier.wait_unblocked()
             if ready is not None:
                 await ready()
             frames = await sock.recv()
@@ -95,13 +106,7 @@ class _DropLog:
         self._last, self._suppressed = now, 0
 
 
-async def _send_outbox(
-    sock: FrameSocket,
-    session: Session,
-    outbox: Outbox,
-    channel: str,
-    on_unroutable: Callable[[Message], None] | None,
-) -> None:
+async def _send_outbox(replier: _Replier, session: Session, outbox: Outbox) -> None:
     while True:
         for item in await outbox.get_batch():
             if isinstance(item, SentMarker):
@@ -110,17 +115,103 @@ async def _send_outbox(
             try:
                 frames = session.pack(item)
             except (TypeError, ValueError):
-                log.exception("%s: could not send %s", channel, item.msg_type)
+                log.exception("%s: could not send %s", replier.channel, item.msg_type)
                 continue
-            try:
-                await sock.send(frames)
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH or on_unroutable is None:
-                    raise
+            await replier.send(item, frames)
+
+
+@attrs.define(eq=False)
+class _Replier:
+    """Sends a channel's replies: waits for a client whose queue is full, up to
+    ``stall_timeout``; after that leaves it behind until a reply to it goes through."""
+
+    sock: FrameSocket
+    channel: str
+    stall_timeout: float
+    on_unroutable: Callable[[Message], None] | None
+    _left_behind: dict[bytes, int] = attrs.field(factory=dict)
+    """Clients left behind, by routing id: how many replies were dropped for each."""
+    _unblocked: trio.Event | None = None
+    """Set (and cleared) when a send that waited ends; None while no send waits."""
+    _logged: float = -math.inf
+    """``time.monotonic()`` of the last "waiting for a client" log line."""
+
+    async def send(self, msg: Message, frames: list[bytes]) -> None:
+        """Send ``msg`` (packed as ``frames``) to the client its first frame names."""
+        client = frames[0]
+        delay = 0.0005
+        deadline = trio.current_time() + self.stall_timeout
+        try:
+            while not self._try_send(msg, frames):
+                if client in self._left_behind or trio.current_time() >= deadline:
+                    self._drop(client, msg)
+                    break
+                if self._unblocked is None:
+                    self._unblocked = trio.Event()
+                    self._log_wait()
+                # A ROUTER's POLLOUT means "some client has room", not this one: so a timer.
+                await trio.sleep(delay)
+                delay = min(2 * delay, 0.02)
+        finally:
+            if self._unblocked is not None:
+                self._unblocked.set()
+                self._unblocked = None
+        await self.sock.checkpoint()
+
+    async def wait_unblocked(self) -> None:
+        """Return once no send waits for a client (the reader waits here before reading)."""
+        while self._unblocked is not None:
+            await self._unblocked.wait()
+
+    def _try_send(self, msg: Message, frames: list[bytes]) -> bool:
+        """Send if the client has room; True also when it is gone (the reply was dropped)."""
+        try:
+            sent = self.sock.try_send(frames)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._left_behind.pop(frames[0], None)
+            log.warning(
+                "%s: dropped a %s: its client is not connected (it left, or never connected "
+                "this channel)",
+                self.channel,
+                msg.msg_type,
+            )
+            if self.on_unroutable is not None:
+                self.on_unroutable(msg)
+            return True
+        if sent and self._left_behind:
+            dropped = self._left_behind.pop(frames[0], None)
+            if dropped is not None:
                 log.warning(
-                    "%s: no peer to receive %s; nobody is connected", channel, item.msg_type
+                    "%s: a client left behind reads again; %d replies were dropped for it",
+                    self.channel,
+                    dropped,
                 )
-                on_unroutable(item)
+        return sent
+
+    def _drop(self, client: bytes, msg: Message) -> None:
+        if client not in self._left_behind:
+            log.warning(
+                "%s: a client's queue has been full for %.1f s; replies it has no room for "
+                "are dropped until it reads again (first: %s)",
+                self.channel,
+                self.stall_timeout,
+                msg.msg_type,
+            )
+            self._left_behind[client] = 0
+        self._left_behind[client] += 1
+
+    def _log_wait(self) -> None:
+        # INFO, at most once a second: a client that reads slowly is no fault of the kernel's.
+        now = time.monotonic()
+        if now - self._logged >= 1.0:
+            self._logged = now
+            log.info(
+                "%s: a client's queue is full; its replies wait, and no requests are read "
+                "until it reads",
+                self.channel,
+            )
 
 
 async def serve_shell(
@@ -130,6 +221,7 @@ async def serve_shell(
     on_message: Callable[[Message], None],
     outbox: Outbox,
     *,
+    stall_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """The shell channel: requests a frontend makes of the user's session.
@@ -139,7 +231,16 @@ async def serve_shell(
     acted on at once; everything else is forwarded to the main loop, stamped with its arrival
     time (which decides whether it is aborted after a failed or interrupted cell).
     """
-    await serve_router(ctx, conn, "shell", session, on_message, outbox, task_status=task_status)
+    await serve_router(
+        ctx,
+        conn,
+        "shell",
+        session,
+        on_message,
+        outbox,
+        stall_timeout=stall_timeout,
+        task_status=task_status,
+    )
 
 
 async def serve_control(
@@ -150,6 +251,7 @@ async def serve_control(
     outbox: Outbox,
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
+    stall_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """The control channel: interrupt, shutdown, kernel_info, handled in the io loop.
@@ -160,7 +262,15 @@ async def serve_control(
     queue is full.
     """
     await serve_router(
-        ctx, conn, "control", session, on_message, outbox, ready=ready, task_status=task_status
+        ctx,
+        conn,
+        "control",
+        session,
+        on_message,
+        outbox,
+        ready=ready,
+        stall_timeout=stall_timeout,
+        task_status=task_status,
     )
 
 
@@ -172,6 +282,7 @@ async def serve_stdin(
     outbox: Outbox,
     *,
     on_unroutable: Callable[[Message], None] | None = None,
+    stall_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """The stdin channel: ``input_request`` out, ``input_reply`` back.
@@ -189,5 +300,6 @@ async def serve_stdin(
         on_message,
         outbox,
         on_unroutable=on_unroutable,
+        stall_timeout=stall_timeout,
         task_status=task_status,
     )

@@ -18,9 +18,10 @@ Invariants:
   was under 0.5 ms ago: a flood on one socket cannot starve the loop's other tasks, and a
   burst of messages (a cell's status, input, reply and idle) does not cost a turn of the loop
   each.
-- Sends on ROUTER sockets never block for long: past the high-water mark they drop (ZeroMQ's
-  documented behaviour), so a vanished client cannot wedge a channel. The iopub XPUB refuses
-  instead, and :mod:`trikernel.channels.iopub` decides how long to wait.
+- Past a peer's high-water mark the kernel's sockets refuse a message rather than drop it
+  (ROUTER_MANDATORY, XPUB_NODROP), and :meth:`FrameSocket.try_send` says so. How long to wait
+  for that peer is the channel's decision (:mod:`trikernel.channels.router`,
+  :mod:`trikernel.channels.iopub`), so a vanished or stuck client cannot wedge a channel.
 - When the connection info has Curve keys, every socket is a CurveZMQ server before it is
   bound (:func:`bind`, which the heartbeat uses too): no socket ever accepts a plain-text peer,
   and a kernel that cannot encrypt refuses to start rather than serve plain text.
