@@ -99,7 +99,7 @@ def test_nursery_inside_a_cell(kernel: Kernel) -> None:
 
 def test_background_task_ticks_while_idle_and_output_goes_to_its_cell(kernel: Kernel) -> None:
     start = kernel.kc.execute(
-        "import trikernel\n"
+        "import trikernel, trio\n"
         "ticks = 0\n"
         "async def ticker():\n"
         "    global ticks\n"
@@ -296,7 +296,7 @@ def test_shutdown_cancels_background_tasks_in_order(fresh_kernel: Kernel, tmp_pa
     )
     reply = fresh_kernel.reply(fresh_kernel.control("shutdown_request"), "control")
     assert reply["content"]["status"] == "ok"
-    fresh_kernel.wait_exit(timeout=2.0)
+    fresh_kernel.wait_exit()
     assert marker.read_text() == "unwound"
 
 
