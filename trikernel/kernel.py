@@ -337,8 +337,10 @@ class Kernel:
                     # SIGTERM or `exit`: no shutdown_reply, but queued replies and output still
                     # go out.
                     post(self._io_token, self._io_nursery.start_soon, self._finish_shutdown)
-                with trio.move_on_after(2):
+                with trio.move_on_after(2) as waited:
                     await self._io_finished.wait()
+                if waited.cancelled_caught:
+                    log.warning("shutdown: the io loop had not finished after 2 s; stopping it")
                 nursery.cancel_scope.cancel()
         finally:
             self._fd_captures.restore()
@@ -352,13 +354,15 @@ class Kernel:
         """Cancel running cells (main loop), then let their output reach the queue."""
         grace = self.settings.shutdown.grace
         self._user.cancel_all("shutdown")
-        with trio.move_on_after(grace):
+        with trio.move_on_after(grace) as waited:
             await self._user.wait_idle()
             # And until the stopped requests have queued their replies and idles, which
             # _finish_shutdown then sees out (a cell SIGTERM interrupts still gets its reply).
             while self._requests_running:
                 self._requests_done = trio.Event()
                 await self._requests_done.wait()
+        if waited.cancelled_caught:
+            log.warning("shutdown: cancelled requests still ran after %g s; going on", grace)
         await self.background.aclose(grace)
         background.tasks = None
         self._fd_captures.drain()
@@ -883,12 +887,14 @@ class Kernel:
     async def _finish_shutdown(self) -> None:
         """IO loop: once every queued reply (the shutdown_reply too) and all output are sent,
         let the main loop end."""
-        with trio.move_on_after(1):
+        with trio.move_on_after(1) as waited:
             for outbox in self._outboxes.values():
                 marker = SentMarker()
                 outbox.put(marker)
                 await marker.event.wait()
             await self._iopub.wait_sent()
+        if waited.cancelled_caught:
+            log.warning("shutdown: replies or output were still unsent after 1 s; closing")
         post(self._main_token, self._io_finished.set)
 
     def _watch_interrupt(self) -> None:

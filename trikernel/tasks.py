@@ -140,9 +140,14 @@ class BackgroundTasks:
         """Cancel every task and wait up to ``grace`` seconds for them to unwind."""
         for task in self._tasks.values():
             task.scope.cancel()
-        with trio.move_on_after(grace):
+        with trio.move_on_after(grace) as waited:
             for task in list(self._tasks.values()):
                 await task.finished.wait()
+        if waited.cancelled_caught:
+            running = ", ".join(t.name for t in self._tasks.values() if not t.finished.is_set())
+            log.warning(
+                "shutdown: background tasks still ran %g s after cancel: %s", grace, running
+            )
         self._nursery = None
 
     async def _run(

@@ -155,7 +155,7 @@ def test_shutdown_over_curve_is_clean() -> None:
     try:
         msg_id = k.control("shutdown_request")
         assert k.reply(msg_id, "control")["content"]["status"] == "ok"
-        k.wait_exit(timeout=TIMEOUT)
+        k.wait_exit()
         assert k.km.provisioner.process.returncode == 0  # type: ignore[union-attr]
     finally:
         stop_kernel(k)

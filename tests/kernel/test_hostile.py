@@ -1010,7 +1010,7 @@ def test_no_output_lost_when_shutdown_follows_printing(
         print(f"shutdown ({when}) stopped the cell after {len(lines)} of {SHUTDOWN_LINES} lines")
     if when == "after_the_reply":
         assert len(printed) == SHUTDOWN_LINES + 1
-    fresh_kernel.wait_exit(timeout=5)
+    fresh_kernel.wait_exit()
 
 
 @pytest.mark.slow
@@ -1042,7 +1042,7 @@ def test_nothing_queued_runs_after_shutdown(
     shutdown = shell.request("shutdown_request", {"restart": False})
     seen = iopub.until(lambda m: m["msg_type"] == "shutdown_reply", timeout=30)
     assert stream_of(seen, running) == "stopped\n"
-    fresh_kernel.wait_exit(timeout=3)
+    fresh_kernel.wait_exit()
     assert parent_id(seen[-1]) == shutdown
     assert not marker.exists(), "a cell queued before the shutdown ran after it began"
     assert stream_of(seen, queued) == ""

@@ -149,7 +149,7 @@ def test_sigterm_exits_in_order(fresh_kernel: Kernel) -> None:
     fresh_kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
     os.kill(fresh_kernel.km.provisioner.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
     assert fresh_kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
-    fresh_kernel.wait_exit(timeout=1.5)
+    fresh_kernel.wait_exit()
 
 
 # A signal sent to the process goes to any thread that does not block it, and CPython runs its
@@ -196,7 +196,7 @@ def test_sigterm_exits_in_order_whichever_thread_takes_it() -> None:
                 break
             os.kill(threads[n], signal.SIGTERM)
             assert k.reply(cell)["content"]["ename"] == "KeyboardInterrupt", f"thread {n}"
-            k.wait_exit(timeout=1.5)
+            k.wait_exit()
         finally:
             stop_kernel(k)
         n += 1
@@ -204,24 +204,29 @@ def test_sigterm_exits_in_order_whichever_thread_takes_it() -> None:
 
 
 # The SIGTERM lands while the main thread runs code that trio shields from KeyboardInterrupt
-# (as the kernel's own code is); then the cell blocks.
+# (as the kernel's own code is), which goes on until the test has sent it; then the cell blocks.
 SHIELDED_THEN_BLOCKED = """\
-import time, trio
+import os, time, trio
 @trio.lowlevel.enable_ki_protection
 def shielded():
     print('started', flush=True)
-    time.sleep(0.5)
+    while not os.path.exists({flag!r}):
+        time.sleep(0.005)
 shielded()
 time.sleep(60)
 """
 
 
-def test_sigterm_in_shielded_code_still_stops_the_cell(fresh_kernel: Kernel) -> None:
-    cell = fresh_kernel.kc.execute(SHIELDED_THEN_BLOCKED)
+def test_sigterm_in_shielded_code_still_stops_the_cell(
+    fresh_kernel: Kernel, tmp_path: Path
+) -> None:
+    flag = tmp_path / "sigterm-sent"
+    cell = fresh_kernel.kc.execute(SHIELDED_THEN_BLOCKED.format(flag=str(flag)))
     fresh_kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
     os.kill(fresh_kernel.km.provisioner.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
+    flag.touch()
     assert fresh_kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
-    fresh_kernel.wait_exit(timeout=1.5)
+    fresh_kernel.wait_exit()
 
 
 def test_no_orphan_subprocess_after_shutdown(fresh_kernel: Kernel) -> None:
@@ -230,7 +235,7 @@ def test_no_orphan_subprocess_after_shutdown(fresh_kernel: Kernel) -> None:
     )
     child = int(outputs(msgs, "execute_result")[0]["content"]["data"]["text/plain"])
     fresh_kernel.reply(fresh_kernel.control("shutdown_request"), "control")
-    fresh_kernel.wait_exit(timeout=1.5)
+    fresh_kernel.wait_exit()
     deadline = time.monotonic() + 5
     while _alive(child):
         assert time.monotonic() < deadline, "the cell's subprocess outlived the kernel"

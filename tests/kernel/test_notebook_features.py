@@ -316,7 +316,7 @@ def test_history_persists_across_kernel_restarts() -> None:
     try:
         first.execute(f"{marker} = 6 * 7\n{marker}")
         first.reply(first.control("shutdown_request"), "control")
-        first.wait_exit(timeout=5)
+        first.wait_exit()
     finally:
         stop_kernel(first)
     second = start_kernel()
