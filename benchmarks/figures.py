@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
+import select
 import signal
 import time
 import uuid
@@ -146,7 +148,8 @@ def setup_session(k: Kernel, p: Params) -> None:
 
 def startup_once(k: Kernel) -> tuple[float, float]:
     """Start ``k`` afresh: ms from start_kernel to the kernel_info reply, then MiB of RSS
-    ``RSS_SETTLE`` s after one ``pass`` cell went idle. The caller stops the kernel."""
+    ``RSS_SETTLE`` s after one ``pass`` cell went idle. The caller stops the kernel (after
+    :func:`shutdown_once`, if it measures that)."""
     k.launch()
     msg_id = k.w.send("shell", "kernel_info_request")
     reply = k.w.reply(msg_id, "shell", timeout=60)
@@ -159,6 +162,27 @@ def startup_once(k: Kernel) -> tuple[float, float]:
     time.sleep(RSS_SETTLE)
     rss = psutil.Process(k.pid).memory_info().rss / 2**20
     return startup_ms, rss
+
+
+def shutdown_once(k: Kernel, timeout: float = 10.0) -> float:
+    """ms from sending ``shutdown_request`` on control until the kernel process has exited.
+
+    The exit is watched through a pidfd, which becomes readable the moment the process ends
+    (``Popen.wait`` with a timeout polls, at up to 50 ms intervals).
+    """
+    assert k.km is not None
+    process = k.km.provisioner.process  # type: ignore[union-attr]
+    pidfd = os.pidfd_open(process.pid)
+    try:
+        sent = time.perf_counter()
+        k.w.send("control", "shutdown_request", {"restart": False})
+        if not select.select([pidfd], [], [], timeout)[0]:
+            raise AssertionError(f"the kernel was still running {timeout} s after shutdown")
+        exited = time.perf_counter()
+    finally:
+        os.close(pidfd)
+    process.wait()
+    return (exited - sent) * 1000
 
 
 # -- 3: sequential execute round trip ----------------------------------------------------------

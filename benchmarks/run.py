@@ -73,6 +73,7 @@ GROUPS = {
 FIGURES = [
     Figure("startup", "startup", "startup: start_kernel → kernel_info reply", "ms", goal=0.6),
     Figure("idle_rss", "rss", "idle RSS after one cell", "MiB", goal=0.8),
+    Figure("shutdown", "startup", "shutdown: shutdown_request → process exit", "ms"),
     Figure(
         "execute_rt",
         "execute",
@@ -274,9 +275,14 @@ def run_startup(
             else:
                 results.cell("startup", k.label).samples.append(ms)
                 results.cell("idle_rss", k.label).samples.append(rss)
+                try:
+                    results.cell("shutdown", k.label).samples.append(figures.shutdown_once(k))
+                except Exception as exc:  # noqa: BLE001 - reported in the table, the run goes on
+                    results.cell("shutdown", k.label).error = short_error(exc)
+                    log(f"  {k.label}: shutdown failed: {short_error(exc)}")
             finally:
                 k.stop()
-    log("startup, idle RSS: done")
+    log("startup, idle RSS, shutdown: done")
 
 
 def run_figure(
