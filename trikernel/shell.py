@@ -208,7 +208,8 @@ class TrikernelShell(InteractiveShell):
         self._cancelled: BaseException | None = None
         self.last_error: dict[str, Any] | None = None
         self._last_error_of: BaseException | None = None
-        """The exception ``last_error`` shows, until IPython 9 stores it (then None)."""
+        """The exception ``last_error`` shows: set when it is published, cleared when IPython 9
+        stores it in history or when the next cell starts (IPython 8 never stores it)."""
         self.keepkernel_on_exit: bool | None = None
         # `print?` and `%page` page through a payload, not a terminal pager.
         self.set_hook("show_in_pager", page.as_hook(payloadpage.page), 99)
@@ -387,7 +388,8 @@ class TrikernelShell(InteractiveShell):
         # as long as the first time (pygments over the cell's source: most of an error cell's
         # time). For an interruption, a verbose traceback would cost more than the interrupt
         # itself (see above).
-        shown, self._last_error_of = self._last_error_of, None  # keep no frames alive
+        # Taken once: a later error in the same cell is a different exception.
+        shown, self._last_error_of = self._last_error_of, None
         if self.last_error is not None and (
             exception is shown or isinstance(exception, (KeyboardInterrupt, DeadlineExceeded))
         ):
