@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import stat
@@ -69,21 +70,46 @@ def test_error_reply_and_message(kernel: Kernel) -> None:
     assert any("on purpose" in line for line in error["content"]["traceback"])
 
 
+COUNT_FORMATTING = """\
+_formatted = 0
+def _counting(format):
+    def counted(*args, **kwargs):
+        global _formatted
+        _formatted += 1
+        return format(*args, **kwargs)
+    return counted
+for _tb in (get_ipython().InteractiveTB, get_ipython().SyntaxTB):
+    _tb.structured_traceback = _counting(_tb.structured_traceback)
+"""
+STOP_COUNTING = """\
+for _tb in (get_ipython().InteractiveTB, get_ipython().SyntaxTB):
+    del _tb.structured_traceback
+"""
+
+
 @pytest.mark.parametrize(
     "code", ["def f():\n    raise ValueError('on purpose')\nf()", "1 +", "%not_a_magic"]
 )
 def test_history_keeps_the_error_the_frontend_saw(kernel: Kernel, code: str) -> None:
     # IPython 9 keeps each cell's formatted error in history (IPython 8 keeps none); the
     # kernel hands it the traceback it published instead of formatting the error again.
-    reply, msgs = kernel.execute(code)
-    assert reply["content"]["status"] == "error"
-    count = reply["content"]["execution_count"]
-    _, probe = kernel.execute(
-        "import json as _j\n"
-        "_h = get_ipython().history_manager\n"
-        f"print(_j.dumps(_h.exceptions.get({count}) if hasattr(_h, 'exceptions') else 'none'))"
-    )
-    stored = json.loads(stream_text(probe))
+    # Formatting is counted: one call to show the error, none to store it.
+    kernel.execute(COUNT_FORMATTING)
+    try:
+        reply, msgs = kernel.execute(code)
+        assert reply["content"]["status"] == "error"
+        count = reply["content"]["execution_count"]
+        _, probe = kernel.execute(
+            "import json as _j\n"
+            "_h = get_ipython().history_manager\n"
+            f"_e = _h.exceptions.get({count}) if hasattr(_h, 'exceptions') else 'none'\n"
+            "print(_j.dumps([_e, _formatted]))"
+        )
+    finally:
+        kernel.execute(STOP_COUNTING)
+    stored, formatted = json.loads(stream_text(probe))
+    # A UsageError is printed, not formatted as a traceback.
+    assert formatted == (0 if code.startswith("%") else 1)
     if stored == "none":
         import IPython  # the same IPython as the kernel's
 
@@ -376,6 +402,9 @@ del _block
 """
 
 
+@pytest.mark.skipif(
+    not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="needs glibc 2.33+ (mallinfo2)"
+)
 @pytest.mark.parametrize(
     ("start", "mapped"),
     [
