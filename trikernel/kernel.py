@@ -307,7 +307,7 @@ class Kernel:
         self._io_finished = trio.Event()
         self._user = UserCode(self._main_token)
         self._user.install()
-        self._user.watch_pending = lambda: post(self._io_token, self._watch_interrupt)
+        self._user.watch_pending = self._watch_pending
         signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             async with trio.open_nursery() as nursery:
@@ -897,8 +897,13 @@ class Kernel:
             log.warning("shutdown: replies or output were still unsent after 1 s; closing")
         post(self._main_token, self._io_finished.set)
 
+    def _watch_pending(self) -> None:
+        """Any thread: have the io loop re-send SIGINT until the pending interrupt is taken."""
+        post(self._io_token, self._watch_interrupt)
+
     def _watch_interrupt(self) -> None:
-        """IO loop: supervise an interrupt that came from outside (signal mode)."""
+        """IO loop: supervise an interrupt that did not come from the io loop (a SIGINT or
+        SIGTERM from outside)."""
         self._io_nursery.start_soon(self._user.resend_while_pending)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
@@ -911,7 +916,7 @@ class Kernel:
             # holds KeyboardInterrupt back, and the cell then sleeps on (a missing reply, seen
             # under load in CI). As for a SIGINT from outside, the io loop sends it again until
             # the cell took it. (A cell runs only once the io loop does: its token is set.)
-            post(self._io_token, self._watch_interrupt)
+            self._watch_pending()
 
     # -- stdin (main thread, called by input()) ----------------------------------------------
 
