@@ -106,7 +106,10 @@ def test_drain_waits_for_text_another_thread_has_read_but_not_queued(
 
         main = threading.Thread(target=main_thread)
         main.start()
-        main.join(0.2)  # the main thread must now be waiting for the io loop's text
+        main.join(0.2)
+        # Given 0.2 s, the main thread has not queued its idle: it waits for the io loop's text.
+        assert main.is_alive()
+        assert queue.writes == []
         queue.release.set()
         io_loop.join(10)
         main.join(10)
