@@ -188,41 +188,44 @@ def shutdown_once(k: Kernel, timeout: float = 10.0) -> float:
 # -- 3: sequential execute round trip ----------------------------------------------------------
 
 
-def execute_rt(k: Kernel, p: Params) -> list[float]:
-    """ms from sending ``pass`` until both its execute_reply and its idle arrived, per cell."""
+def _round_trips(
+    k: Kernel, code: str, cells: int, check: Callable[[Msg | None], object]
+) -> list[float]:
+    """ms from sending ``code`` until both its reply and its idle arrived, for ``cells`` cells
+    one after another; ``check`` sees each reply."""
     w, out = k.w, []
     shell = w.sockets["shell"]
-    for _ in range(p.execute_batch):
-        msg_id, frames = w.prepare("execute_request", execute_content("pass"))
+    for _ in range(cells):
+        msg_id, frames = w.prepare("execute_request", execute_content(code))
         t0 = time.perf_counter()
         shell.send_multipart(frames)
         done = w.until(msg_id, timeout=10)
         out.append((done.end - t0) * 1000)
-        _ok(done.reply, "pass")
+        check(done.reply)
     return out
 
 
+def execute_rt(k: Kernel, p: Params) -> list[float]:
+    """ms from sending ``pass`` until both its execute_reply and its idle arrived, per cell."""
+    return _round_trips(k, "pass", p.execute_batch, lambda reply: _ok(reply, "pass"))
+
+
 ERROR_CELL = "1/0"
+
+
+def _is_the_error(reply: Msg | None) -> None:
+    content = reply.content if reply is not None else {}
+    if content.get("ename") != "ZeroDivisionError":
+        raise AssertionError(f"{ERROR_CELL}: reply {content.get('status')}, not the error")
 
 
 def error_rt(k: Kernel, p: Params) -> list[float]:
     """ms from sending ``1/0`` until both its error reply and its idle arrived, per cell.
 
     Not one of issue 6's figures: a failing cell is a notebook's most common round trip after
-    a passing one, and its traceback is formatted by the same IPython in every kernel here.
+    a passing one.
     """
-    w, out = k.w, []
-    shell = w.sockets["shell"]
-    for _ in range(p.error_batch):
-        msg_id, frames = w.prepare("execute_request", execute_content(ERROR_CELL))
-        t0 = time.perf_counter()
-        shell.send_multipart(frames)
-        done = w.until(msg_id, timeout=10)
-        out.append((done.end - t0) * 1000)
-        content = done.reply.content if done.reply is not None else {}
-        if content.get("ename") != "ZeroDivisionError":
-            raise AssertionError(f"{ERROR_CELL}: reply {content.get('status')}, not the error")
-    return out
+    return _round_trips(k, ERROR_CELL, p.error_batch, _is_the_error)
 
 
 # -- 4: pipelined throughput -------------------------------------------------------------------

@@ -11,7 +11,6 @@ machine's speed hits all of them alike. What each figure measures: ``docs/benchm
 from __future__ import annotations
 
 import argparse
-import atexit
 import dataclasses
 import datetime
 import json
@@ -334,7 +333,6 @@ def run(args: argparse.Namespace) -> int:
     # Every kernel keeps IPython's history in a fresh folder of this run's, as on a new
     # machine: a full run stores tens of thousands of cells, which do not belong in the user's.
     ipython_dir = tempfile.mkdtemp(prefix="trikernel-bench-ipython-")
-    atexit.register(shutil.rmtree, ipython_dir, ignore_errors=True)
     os.environ["IPYTHONDIR"] = ipython_dir
     all_kernels: list[Kernel] = []
     running: list[Kernel] = []
@@ -379,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"LEFTOVER kernel process {p.pid} ({' '.join(p.cmdline()[:4])}): killing it")
             p.kill()
         ctx.destroy(linger=0)
+        shutil.rmtree(ipython_dir, ignore_errors=True)
     info = {k.label: k.info for k in running}
     print()
     print(render_table(results, labels, args.baseline, groups))
