@@ -126,8 +126,8 @@ class Kernel:
         shutdown's waits gave up (each logs a ``shutdown:`` warning when it does).
 
         How fast it exits is for the benchmarks to measure: here the timeout only catches a
-        kernel that does not exit. (The history's SQLite commit at exit waits for the disk,
-        which took over a second once on a CI machine.)
+        kernel that does not exit. (The history's SQLite commit at exit waits for the disk; in
+        CI a kernel once took over 1.5 s to exit.)
         """
         process = self.km.provisioner.process  # type: ignore[union-attr]
         try:
