@@ -868,8 +868,10 @@ class Kernel:
         # A cell that blocks the main thread would never run _begin_shutdown: interrupt it.
         self._io_nursery.start_soon(self._user.wait_interrupted)
         post(self._main_token, self._begin_shutdown)
-        with trio.move_on_after(self.settings.shutdown.grace + 1):
+        with trio.move_on_after(self.settings.shutdown.grace + 1) as waited:
             await self._main_stopped.wait()
+        if waited.cancelled_caught:
+            log.warning("shutdown: user code had not stopped when the reply was due; replying")
         content = {"status": "ok", "restart": restart}
         # Protocol 5.4: the reply is also broadcast, so every client learns of the shutdown.
         self.publish("shutdown_reply", content, parent=request)
