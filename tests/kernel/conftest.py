@@ -147,29 +147,45 @@ def start_kernel(start: dict[str, Any] | None = None, **manager_options: Any) ->
     fd, name = tempfile.mkstemp(prefix="trikernel-test-", suffix=".log")
     try:
         km.start_kernel(**{"stderr": fd, **(start or {})})
+    except BaseException:
+        _show_log(Path(name))
+        raise
     finally:
         os.close(fd)
     kc = km.client()
-    # The tests read iopub when they need it, sometimes after tens of thousands of messages:
-    # with no limit on this client's queue, the kernel never waits for it (a frontend that
-    # lets messages pile up past its limit is left behind, see docs/architecture.md).
-    kc.context.setsockopt(zmq.RCVHWM, 0)
-    kc.start_channels()
-    kc.wait_for_ready(timeout=TIMEOUT)
-    return Kernel(km, kc, Path(name))
+    k = Kernel(km, kc, Path(name))
+    try:
+        # The tests read iopub when they need it, sometimes after tens of thousands of
+        # messages: with no limit on this client's queue, the kernel never waits for it (a
+        # frontend that lets messages pile up past its limit is left behind, see
+        # docs/architecture.md).
+        kc.context.setsockopt(zmq.RCVHWM, 0)
+        kc.start_channels()
+        kc.wait_for_ready(timeout=TIMEOUT)
+    except BaseException:
+        stop_kernel(k)
+        raise
+    return k
 
 
 def stop_kernel(k: Kernel) -> None:
-    k.kc.stop_channels()
-    if k.km.is_alive():
-        k.km.shutdown_kernel(now=True)
-    else:
-        k.km.cleanup_resources()
-    # The manager's context outlives it otherwise, and is reported when collected.
-    k.km.context.destroy(linger=0)
-    # Into the test's captured stderr, which pytest shows with a failure.
-    sys.stderr.write(k.log.read_text(errors="replace"))
-    k.log.unlink()
+    try:
+        k.kc.stop_channels()
+        if k.km.is_alive():
+            k.km.shutdown_kernel(now=True)
+        else:
+            k.km.cleanup_resources()
+        # The manager's context outlives it otherwise, and is reported when collected.
+        k.km.context.destroy(linger=0)
+    finally:
+        _show_log(k.log)
+
+
+def _show_log(log: Path) -> None:
+    """Copy a kernel's log into the test's captured stderr (pytest shows it with a failure),
+    and remove it."""
+    sys.stderr.write(log.read_text(errors="replace"))
+    log.unlink()
 
 
 @pytest.fixture(scope="module")

@@ -115,4 +115,5 @@ def test_drain_waits_for_text_another_thread_has_read_but_not_queued(
         main.join(10)
         assert queue.writes == [("stderr", "err\n", "cell"), ("status", "idle", "cell")]
     finally:
+        queue.release.set()  # a failed assertion above must not leave the thread waiting
         captures.restore()
