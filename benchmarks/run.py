@@ -248,10 +248,12 @@ def run_startup(
     log_dir: Path,
     all_kernels: list[Kernel],
 ) -> None:
-    """Figures 1 and 2: a fresh kernel per repetition per kernel, stopped after measuring."""
+    """Figures 1, 1b and 2: a fresh kernel per repetition per kernel, shut down (1b) after
+    measuring."""
     fresh = [Kernel(label, spec, ctx, log_dir) for label, spec in labels.items()]
     all_kernels.extend(fresh)
     failed: set[str] = set()
+    no_shutdown: set[str] = set()  # kernels that did not exit once: stopped without timing
     for rep in range(params.startup_reps):
         for k in rotated(fresh, rep):
             if k.label in failed:
@@ -274,11 +276,15 @@ def run_startup(
             else:
                 results.cell("startup", k.label).samples.append(ms)
                 results.cell("idle_rss", k.label).samples.append(rss)
-                try:
-                    results.cell("shutdown", k.label).samples.append(figures.shutdown_once(k))
-                except Exception as exc:  # noqa: BLE001 - reported in the table, the run goes on
-                    results.cell("shutdown", k.label).error = short_error(exc)
-                    log(f"  {k.label}: shutdown failed: {short_error(exc)}")
+                if k.label not in no_shutdown:
+                    try:
+                        ms = figures.shutdown_once(k)
+                    except Exception as exc:  # noqa: BLE001 - reported in the table, goes on
+                        no_shutdown.add(k.label)
+                        results.cell("shutdown", k.label).error = short_error(exc)
+                        log(f"  {k.label}: shutdown failed: {short_error(exc)}")
+                    else:
+                        results.cell("shutdown", k.label).samples.append(ms)
             finally:
                 k.stop()
     log("startup, idle RSS, shutdown: done")
