@@ -208,8 +208,14 @@ def test_shell_commands_stream_while_they_run(kernel: Kernel) -> None:
     msg_id = kernel.kc.execute("!echo first; sleep 0.5; echo second")
     first = kernel.iopub_until(msg_id, lambda m: m["msg_type"] == "stream")[-1]
     assert first["content"]["text"].strip() == "first"
-    kernel.reply(msg_id)
-    assert "second" in stream_text(kernel.until_idle(msg_id))
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    rest = kernel.until_idle(msg_id)
+    if "second" not in stream_text(rest):
+        # Seen once in CI, not reproduced in 2,100 runs since: say whether the command ended
+        # early (IPython's `system` swallows a KeyboardInterrupt and ends the command with ^C)
+        # or its output went missing in the kernel.
+        code = result_text(ok(kernel, "_exit_code"))
+        raise AssertionError(f"no 'second': exit code {code}; iopub after 'first': {rest}")
     assert stream_text(ok(kernel, "%%bash\necho from bash")) == "from bash\n"
 
 
