@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -459,6 +460,27 @@ def ratio(results: Results, key: str, label: str, baseline: str) -> float | None
     return v / b
 
 
+def ratio_interval(
+    results: Results, key: str, label: str, baseline: str, draws: int = 2000
+) -> tuple[float, float] | None:
+    """The 95% bootstrap interval of :func:`ratio` for a median figure (each kernel's samples
+    resampled on their own; seeded, so the JSON's samples give the same interval again)."""
+    cells = results.cells.get(key, {})
+    a, b = cells.get(label), cells.get(baseline)
+    if key.endswith("_p99") or a is None or b is None or len(a.samples) < 3 or len(b.samples) < 3:
+        return None
+    rng = random.Random(0)
+    ratios = []
+    for _ in range(draws):
+        base = statistics.median(rng.choices(b.samples, k=len(b.samples)))
+        if base:
+            ratios.append(statistics.median(rng.choices(a.samples, k=len(a.samples))) / base)
+    if len(ratios) < draws // 2:
+        return None
+    ratios.sort()
+    return ratios[int(0.025 * len(ratios))], ratios[int(0.975 * len(ratios)) - 1]
+
+
 def render_table(results: Results, labels: dict[str, str], baseline: str, groups: set[str]) -> str:
     kernel_labels = list(labels)
     header = ["figure", "unit", *kernel_labels, "goal (trikernel / " + baseline + ")"]
@@ -505,7 +527,15 @@ def render_goal(results: Results, fig: Figure, baseline: str) -> str:
     if r is None:
         return f"{op}{fig.goal:g}x: no ratio"
     met = r >= fig.goal if fig.higher_is_better else r <= fig.goal
-    return f"{op}{fig.goal:g}x: {'met' if met else 'NOT met'} ({r:.2f}x)"
+    text = f"{op}{fig.goal:g}x: {'met' if met else 'NOT met'} ({r:.2f}x"
+    interval = ratio_interval(results, fig.key, "trikernel", baseline)
+    if interval is None:
+        return text + ")"
+    lo, hi = interval
+    text += f", 95% {lo:.2f}-{hi:.2f})"
+    if lo <= fig.goal <= hi:
+        text += ", within noise"
+    return text
 
 
 def render_notes(params: figures.Params, notes: list[str], leftovers: list[Any]) -> str:
@@ -513,6 +543,10 @@ def render_notes(params: figures.Params, notes: list[str], leftovers: list[Any])
         (
             "Cells: median [p25-p75] over all samples; **ratio** = median / the baseline's "
             "median (cells/s: higher is better; everything else: lower is better)."
+        ),
+        (
+            "Goals: 95% = bootstrap interval of the ratio (each kernel's samples resampled); "
+            "'within noise' when the goal lies inside it, and then another run may say otherwise."
         ),
         (
             f"Interrupts and control probes are sent {figures.START_DELAY * 1000:.0f} ms after "
@@ -563,6 +597,9 @@ def save_json(
             r = ratio(results, fig.key, "trikernel", args.baseline)
             met = None if r is None else (r >= fig.goal if fig.higher_is_better else r <= fig.goal)
             goal = {"ratio": fig.goal, "at_least": fig.higher_is_better, "met": met}
+            interval = ratio_interval(results, fig.key, "trikernel", args.baseline)
+            if interval is not None:
+                goal["ratio_95"] = [round(x, 4) for x in interval]
         per_figure[fig.key] = {
             "title": fig.title,
             "unit": fig.unit,
