@@ -90,7 +90,8 @@ def docs(session: nox.Session) -> None:
         session.error("broken links:\n  " + "\n  ".join(broken))
     session.log(f"{len(pages)} markdown pages, all relative links resolve")
 
-    install_project(session, "nbclient", "nbformat")
+    # anyio: a guide example shows anyio code running on the kernel's trio loop.
+    install_project(session, "nbclient", "nbformat", "anyio")
     session.run("python", "-m", "trikernel", "--help")
     # The guide's examples, run as one notebook on the kernel just installed.
     session.run("python", "-m", "trikernel", "install", "--sys-prefix")
