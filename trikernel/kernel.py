@@ -38,9 +38,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import attrs
+import outcome
 import trio
 import zmq
 
@@ -55,6 +56,7 @@ from .channels import (
     serve_shell,
     serve_stdin,
 )
+from .debugger import Debugger, remove_cell_files
 from .execution import Run, UserCode, call_user_code, deadline_message
 from .handoff import Mailbox, main_thread_signals_only, post, run_loop_in_thread
 from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
@@ -68,6 +70,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger("trikernel")
+T = TypeVar("T")
 
 #: The request whose handling is running in this context (trio copies it into spawned tasks).
 current_request: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
@@ -194,8 +197,10 @@ class Kernel:
                 "create_subshell_request",
                 "delete_subshell_request",
                 "list_subshell_request",
+                "debug_request",
             )
         }
+        self._debugger: Debugger | None = None
         self._last_parent: Message | None = None
         self._fd_captures = FdCaptures([])
         self._shells: dict[str | None, _Shell] = {}  # main loop; None is the parent shell
@@ -280,6 +285,7 @@ class Kernel:
             trio.run(self._serve_main)
         finally:
             sys.stdout, sys.stderr, sys.excepthook = saved
+            remove_cell_files()
 
     def _install_io(self) -> None:
         """Route stdout and stderr, Python's and the file descriptors', to the frontend."""
@@ -767,9 +773,43 @@ class Kernel:
             },
             "banner": self.banner,
             "help_links": self.help_links,
-            "debugger": False,
+            "debugger": _has_debugpy(),
             "supported_features": ["kernel subshells"],
         }
+
+    async def debug_request(self, request: Message) -> Mapping[str, Any]:
+        """A DAP request from the frontend's debugger (spec: "Debug request"); the reply's
+        content is the DAP response (see :mod:`trikernel.debugger`)."""
+        if not _has_debugpy():
+            raise RequestError("the debugger needs debugpy, which is not installed")
+        self._debug_parent = request
+        if self._debugger is None:
+            self._debugger = Debugger(
+                nursery=self._io_nursery,
+                on_main=self._call_on_main,
+                publish_event=lambda event: self.publish(
+                    "debug_event", event, parent=self._debug_parent
+                ),
+                namespace=lambda: self.shell.user_ns,
+                kernel_threads=frozenset(
+                    {"trikernel-io", "trikernel-heartbeat", "IPythonHistorySavingThread"}
+                ),
+                interrupt_pending=lambda: self._user.interrupt_pending,
+            )
+        return await self._debugger.handle(request.content)
+
+    async def _call_on_main(self, fn: Callable[[], T]) -> T:
+        """``fn()``'s result, called in the main loop (io loop; waits while a cell blocks)."""
+        done = trio.Event()
+        result: list[outcome.Outcome[T]] = []
+
+        def call() -> None:
+            result.append(outcome.capture(fn))
+            post(self._io_token, done.set)
+
+        post(self._main_token, call)
+        await done.wait()
+        return result[0].unwrap()
 
     async def comm_info_request(self, request: Message) -> Mapping[str, Any]:
         """Open comms, optionally of one target (spec: "Comm info")."""
@@ -829,6 +869,8 @@ class Kernel:
     async def interrupt_request(self, request: Message) -> Mapping[str, Any]:
         """Interrupt the running cell (spec: "Kernel interrupt"); see trikernel.execution."""
         self._io_nursery.start_soon(self._user.wait_interrupted)
+        if self._debugger is not None:
+            self._io_nursery.start_soon(self._debugger.release)
         return {"status": "ok"}
 
     async def create_subshell_request(self, request: Message) -> Mapping[str, Any]:
@@ -907,6 +949,8 @@ class Kernel:
         """IO loop: supervise an interrupt that did not come from the io loop (a SIGINT or
         SIGTERM from outside)."""
         self._io_nursery.start_soon(self._user.resend_while_pending)
+        if self._debugger is not None:
+            self._io_nursery.start_soon(self._debugger.release)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM: the orderly exit of a shutdown_request, without a reply to send."""
@@ -1083,6 +1127,14 @@ async def ainput(prompt: str = "", *, password: bool = False) -> str:
 
         raise stdin_not_allowed()
     return value
+
+
+@functools.cache
+def _has_debugpy() -> bool:
+    """Whether the debugger can start (looked up once; debugpy is imported only when used)."""
+    import importlib.util
+
+    return importlib.util.find_spec("debugpy") is not None
 
 
 def _error_content(ename: str, evalue: str, tb: str | None = None) -> dict[str, Any]:

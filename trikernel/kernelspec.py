@@ -347,7 +347,7 @@ def write_kernel_spec(
         connection_file: the connection file argument; keep the placeholder for Jupyter.
         env: environment variables Jupyter sets for the kernel process.
         metadata: merged over the default metadata,
-            ``{"debugger": False, "supported_encryption": ["curve"]}``.
+            ``{"debugger": True, "supported_encryption": ["curve"]}``.
         **settings: dotted setting paths and values (``**{"shell.timeout": 0.1}``), written to
             argv as ``--shell.timeout=0.1``.
 
@@ -438,7 +438,7 @@ def _write_kernel_spec(
         "display_name": display_name if display_name is not None else f"Python 3 ({kernel_name})",
         "language": "python",
         "interrupt_mode": "message",
-        "metadata": {"debugger": False, "supported_encryption": ["curve"], **(metadata or {})},
+        "metadata": {"debugger": True, "supported_encryption": ["curve"], **(metadata or {})},
     }
     if env_dict:
         spec["env"] = env_dict

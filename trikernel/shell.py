@@ -20,7 +20,6 @@ kernel in five places:
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import sys
 import threading
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from IPython.core import page, payloadpage
 from IPython.core.autocall import ZMQExitAutocall
+from IPython.core.compilerop import CachingCompiler
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
@@ -47,6 +47,7 @@ from traitlets.config import Config
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
+from .debugger import cell_path
 from .execution import DeadlineExceeded
 
 if TYPE_CHECKING:
@@ -189,10 +190,19 @@ class _History(HistoryManager):
             conn.executemany(sql, [(self.session_number, *row) for row in rows])
 
 
+class _CellCompiler(CachingCompiler):
+    """Names each cell's code after a hash of its source, as debugger frontends name it (see
+    :mod:`trikernel.debugger`); tracebacks still say "Cell In[n]"."""
+
+    def get_code_name(self, raw_code: str, transformed_code: str, number: int) -> str:
+        return cell_path(raw_code)
+
+
 class TrikernelShell(InteractiveShell):
     """IPython's InteractiveShell, running on the kernel's trio loop."""
 
     kernel = AnyTrait()  # the Kernel; a traitlet so IPython's constructor accepts it
+    compiler_class = Type(_CellCompiler)
     displayhook_class = Type(_DisplayHook)
     # `!cmd` output goes through sys.stdout, so it reaches the cell while the command runs.
     system = InteractiveShell.system_piped
@@ -368,10 +378,10 @@ class TrikernelShell(InteractiveShell):
             + "Traceback (most recent call last)",
         ]
         for frame in traceback.extract_tb(exc.__traceback__):
-            cell = _CELL_NAME.match(frame.filename)
+            cell = self.compile.format_code_name(frame.filename)
             if cell is None:
                 continue
-            where = f"Cell In[{cell['count']}], line {frame.lineno}"
+            where = f"{cell[0]} {cell[1]}, line {frame.lineno}"
             if frame.name != "<module>":
                 where += f", in {frame.name}()"
             lines.append(f"\x1b[36m{where}\x1b[0m")
@@ -639,10 +649,6 @@ def _magics(kernel_of: Any) -> list[tuple[str, str, Any]]:
         ("line", "cancel", cancel),
         ("cell", "timeout", timeout),
     ]
-
-
-# IPython names a cell's code object <ipython-input-COUNT-HASH> (IPython 8 and 9).
-_CELL_NAME = re.compile(r"<ipython-input-(?P<count>\d+)-[0-9a-f]+>")
 
 
 def _kernel_of(shell: Any) -> Kernel:

@@ -144,7 +144,7 @@ def test_write_kernel_spec_writes_kernel_json_and_logos(tmp_path: Path) -> None:
         "display_name": "Python 3 (trikernel)",
         "language": "python",
         "interrupt_mode": "message",
-        "metadata": {"debugger": False, "supported_encryption": ["curve"]},
+        "metadata": {"debugger": True, "supported_encryption": ["curve"]},
     }
     assert sorted(p.name for p in spec_dir.iterdir()) == sorted([*LOGOS, "kernel.json"])
     for name, size in LOGOS.items():
@@ -202,13 +202,13 @@ def test_env_values_must_be_strings(tmp_path: Path) -> None:
 def test_metadata_is_merged_over_the_defaults(tmp_path: Path) -> None:
     spec_dir = write_kernel_spec(tmp_path, metadata={"trikernel": {"flavour": "trio"}})
     assert read_spec(spec_dir)["metadata"] == {
-        "debugger": False,
+        "debugger": True,
         "supported_encryption": ["curve"],
         "trikernel": {"flavour": "trio"},
     }
 
-    spec_dir = write_kernel_spec(tmp_path, metadata={"debugger": True, "supported_encryption": []})
-    assert read_spec(spec_dir)["metadata"] == {"debugger": True, "supported_encryption": []}
+    spec_dir = write_kernel_spec(tmp_path, metadata={"debugger": False, "supported_encryption": []})
+    assert read_spec(spec_dir)["metadata"] == {"debugger": False, "supported_encryption": []}
 
 
 def test_interrupt_mode_is_always_message(tmp_path: Path) -> None:

@@ -1,0 +1,205 @@
+"""The debugger (``debug_request`` on control): what JupyterLab's debugger panel does, over the
+wire, against debugpy in the real kernel."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel.conftest import TIMEOUT, Kernel, stream_text
+from trikernel.debugger import murmur2
+
+CODE = "def f(a):\n    b = a + 1\n    return b\n"
+
+_seq = itertools.count(1)
+
+
+def dap(kernel: Kernel, command: str, **arguments: Any) -> dict[str, Any]:
+    """Send one DAP request as a debug_request; its debug_reply's content."""
+    content = {"seq": next(_seq), "type": "request", "command": command, "arguments": arguments}
+    reply = kernel.reply(kernel.control("debug_request", content), "control")
+    assert reply["msg_type"] == "debug_reply"
+    assert reply["content"]["request_seq"] == content["seq"]
+    return dict(reply["content"])
+
+
+def ok(response: dict[str, Any]) -> dict[str, Any]:
+    assert response["success"], response.get("message")
+    return dict(response.get("body") or {})
+
+
+def debug_event(kernel: Kernel, name: str) -> dict[str, Any]:
+    """The next ``debug_event`` named ``name`` on iopub (any request's)."""
+    seen = kernel.collect(
+        lambda msgs: any(
+            m["msg_type"] == "debug_event" and m["content"].get("event") == name for m in msgs
+        )
+    )
+    return dict(seen[-1]["content"])
+
+
+def start_debugging(kernel: Kernel) -> None:
+    """What JupyterLab sends when its debugger is switched on."""
+    body = ok(dap(kernel, "initialize", clientID="test", adapterID="python", linesStartAt1=True))
+    assert body.get("supportsConfigurationDoneRequest")
+    ok(dap(kernel, "attach"))
+
+
+def test_kernel_info_announces_the_debugger(kernel: Kernel) -> None:
+    info = kernel.reply(kernel.control("kernel_info_request"), "control")["content"]
+    assert info["debugger"] is True
+
+
+def test_cells_are_named_as_frontends_name_them(kernel: Kernel) -> None:
+    info = ok(dap(kernel, "debugInfo"))
+    assert info["hashMethod"] == "Murmur2"
+    expected = (
+        f"{info['tmpFilePrefix']}{murmur2(CODE.encode(), info['hashSeed'])}{info['tmpFileSuffix']}"
+    )
+    path = ok(dap(kernel, "dumpCell", code=CODE))["sourcePath"]
+    assert path == expected
+    assert Path(path).read_text() == CODE
+    assert ok(dap(kernel, "source", source={"path": path}))["content"] == CODE
+    # A traceback still names the cell the way the notebook shows it.
+    reply, msgs = kernel.execute("1/0")
+    error = next(m for m in msgs if m["msg_type"] == "error")
+    assert f"In[{reply['content']['execution_count']}]" in "".join(error["content"]["traceback"])
+
+
+def test_bad_debug_requests_get_error_responses(kernel: Kernel) -> None:
+    for (command, arguments), error in {
+        ("stackTrace", (("threadId", 1),)): "not started",
+        ("dumpCell", (("code", 42),)): "'code' must be a string",
+        ("richInspectVariables", (("variableName", "nope"),)): "no variable named",
+    }.items():
+        response = dap(kernel, command, **dict(arguments))
+        assert response["success"] is False
+        assert error in response["message"]
+    reply = kernel.reply(kernel.control("debug_request", {"type": "event"}), "control")
+    assert reply["content"]["success"] is False
+    # The kernel goes on.
+    reply, msgs = kernel.execute("print('still here')")
+    assert stream_text(msgs) == "still here\n"
+
+
+def test_variable_explorer_lists_the_users_globals(kernel: Kernel) -> None:
+    kernel.execute("answer = 42\nimport json")
+    variables = {v["name"]: v for v in ok(dap(kernel, "inspectVariables"))["variables"]}
+    assert variables["answer"]["value"] == "42"
+    assert variables["answer"]["type"] == "int"
+    assert "json" not in variables  # modules and IPython's own names are left out
+    assert "In" not in variables
+    rich = ok(dap(kernel, "richInspectVariables", variableName="answer"))
+    assert rich["data"]["text/plain"] == "42"
+
+
+def test_a_breakpoint_in_a_cell_stops_there(fresh_kernel: Kernel) -> None:
+    kernel = fresh_kernel
+    start_debugging(kernel)
+    path = ok(dap(kernel, "dumpCell", code=CODE))["sourcePath"]
+    marks = ok(dap(kernel, "setBreakpoints", source={"path": path}, breakpoints=[{"line": 2}]))
+    assert marks["breakpoints"][0]["verified"]
+    ok(dap(kernel, "configurationDone"))
+    kernel.execute(CODE)
+
+    msg_id = kernel.kc.execute("print(f(41))")
+    stopped = debug_event(kernel, "stopped")["body"]
+    assert stopped["reason"] == "breakpoint"
+    thread = stopped["threadId"]
+
+    # The kernel answers while user code is held at the breakpoint.
+    info = kernel.reply(kernel.control("kernel_info_request"), "control")
+    assert info["content"]["status"] == "ok"
+    assert ok(dap(kernel, "debugInfo"))["stoppedThreads"] == [thread]
+
+    frame = ok(dap(kernel, "stackTrace", threadId=thread))["stackFrames"][0]
+    assert (frame["source"]["path"], frame["line"], frame["name"]) == (path, 2, "f")
+    scopes = ok(dap(kernel, "scopes", frameId=frame["id"]))["scopes"]
+    local = ok(dap(kernel, "variables", variablesReference=scopes[0]["variablesReference"]))
+    assert {v["name"]: v["value"] for v in local["variables"]} == {"a": "41"}
+    rich = ok(dap(kernel, "richInspectVariables", variableName="a", frameId=frame["id"]))
+    assert rich["data"]["text/plain"] == "41"
+
+    ok(dap(kernel, "next", threadId=thread))
+    stopped = debug_event(kernel, "stopped")["body"]
+    frame = ok(dap(kernel, "stackTrace", threadId=stopped["threadId"]))["stackFrames"][0]
+    assert frame["line"] == 3
+
+    ok(dap(kernel, "continue", threadId=thread))
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    assert stream_text(kernel.until_idle(msg_id)) == "42\n"
+    info = ok(dap(kernel, "debugInfo"))
+    assert info["isStarted"] is True
+    assert info["breakpoints"] == [{"source": path, "breakpoints": [{"line": 2}]}]
+
+    # Switched off, the debugger stops nothing, and the kernel runs on.
+    ok(dap(kernel, "disconnect", restart=False, terminateDebuggee=False))
+    reply, msgs = kernel.execute("print(f(1))")
+    assert reply["content"]["status"] == "ok"
+    assert stream_text(msgs) == "2\n"
+
+
+@pytest.mark.parametrize("mode", ["message", "signal"])
+def test_an_interrupt_at_a_breakpoint_ends_the_cell(fresh_kernel: Kernel, mode: str) -> None:
+    kernel = fresh_kernel
+    start_debugging(kernel)
+    path = ok(dap(kernel, "dumpCell", code=CODE))["sourcePath"]
+    ok(dap(kernel, "setBreakpoints", source={"path": path}, breakpoints=[{"line": 2}]))
+    ok(dap(kernel, "configurationDone"))
+    kernel.execute(CODE)
+    msg_id = kernel.kc.execute("f(1)")
+    debug_event(kernel, "stopped")
+    if mode == "message":
+        kernel.reply(kernel.control("interrupt_request"), "control")
+    else:
+        kernel.km.signal_kernel(signal.SIGINT)
+    reply = kernel.reply(msg_id)["content"]
+    assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
+    reply, msgs = kernel.execute("print('alive')")
+    assert stream_text(msgs) == "alive\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs /proc and pidfd (Linux)")
+def test_nothing_of_the_debugger_outlives_the_kernel(fresh_kernel: Kernel) -> None:
+    kernel = fresh_kernel
+    before = _adapters()
+    start_debugging(kernel)
+    # debugpy's adapter detaches from the kernel (its parent is init): found by its command.
+    children = _adapters() - before
+    assert children, "debugpy's adapter should be running"
+    prefix = ok(dap(kernel, "debugInfo"))["tmpFilePrefix"]
+    ok(dap(kernel, "dumpCell", code=CODE))
+    kernel.reply(kernel.control("shutdown_request", {"restart": False}), "control")
+    kernel.wait_exit()
+    deadline = time.monotonic() + TIMEOUT
+    for child in children:
+        # A pidfd turns readable when its process exits (Linux 5.3+).
+        try:
+            fd = os.pidfd_open(child)
+        except ProcessLookupError:
+            continue
+        try:
+            ready, _, _ = select.select([fd], [], [], max(0, deadline - time.monotonic()))
+        finally:
+            os.close(fd)
+        assert ready, f"process {child} still runs {TIMEOUT} s after the kernel exited"
+    assert not Path(prefix).exists(), "the dumped cells should be removed"
+
+
+def _adapters() -> set[int]:
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:  # not a process, or gone
+            continue
+        if b"debugpy" in cmdline and b"adapter" in cmdline:
+            found.add(int(proc.name))
+    return found
