@@ -200,7 +200,8 @@ class Kernel:
                 "debug_request",
             )
         }
-        self._debugger: Debugger | None = None
+        self._debugger: Debugger | None = None  # io loop; made by the first debug_request
+        self._debug_parent: Message | None = None  # the debug_request its events belong to
         self._last_parent: Message | None = None
         self._fd_captures = FdCaptures([])
         self._shells: dict[str | None, _Shell] = {}  # main loop; None is the parent shell

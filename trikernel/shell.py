@@ -2,7 +2,7 @@
 
 IPython does the Python: transforming cells (magics, ``!cmd``, ``?``), compiling, top-level
 ``await``, the displayhook, history, completion and inspection. This module adapts it to the
-kernel in five places:
+kernel in six places:
 
 - :meth:`TrikernelShell.run_cell_trio` replaces ``run_cell``, which cannot be called inside a
   running loop: it transforms the cell, awaits ``run_cell_async`` on the kernel's trio loop,
@@ -15,6 +15,8 @@ kernel in five places:
 - ``set_next_input``, the pager and ``exit`` become reply payloads.
 - History is IPython's, stored by IPython's save thread, but written outside the lock a cell
   takes to store its input (:class:`_History`): no cell waits for SQLite's fsync.
+- A cell's code is named after a hash of its source (:class:`_CellCompiler`), the file name a
+  debugger frontend gives the cell, so its breakpoints hit (see :mod:`trikernel.debugger`).
 """
 
 from __future__ import annotations
