@@ -354,7 +354,8 @@ class Debugger:
         finally:
             del self._pending[seq]
         if pending.response is None:
-            raise DebugError(f"debugpy did not answer within {_TIMEOUT:g} s")
+            reason = "lost the connection" if self._stream is None else f"{_TIMEOUT:g} s passed"
+            raise DebugError(f"no answer from debugpy ({reason})")
         return pending.response
 
     async def _read(self, stream: trio.SocketStream) -> None:
