@@ -422,3 +422,21 @@ def test_glibc_malloc_thresholds(start: dict[str, object], mapped: str) -> None:
         assert stream_text(msgs).strip() == mapped
     finally:
         stop_kernel(k)
+
+
+def test_startup_heap_is_frozen_and_user_garbage_is_still_collected(kernel: Kernel) -> None:
+    # The kernel freezes what it loaded at startup, so a full collection does not walk it
+    # (kernel.py); a cycle a cell makes and drops must still be collected, finaliser and all.
+    code = (
+        "import gc, weakref\n"
+        "class _Node: pass\n"
+        "_a, _b = _Node(), _Node(); _a.other, _b.other = _b, _a\n"
+        "_collected = []\n"
+        "weakref.finalize(_a, _collected.append, 'a')\n"
+        "del _a, _b\n"
+        "gc.collect()\n"
+        "print(gc.get_freeze_count() > 10_000, _collected)"
+    )
+    reply, msgs = kernel.execute(code)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert stream_text(msgs).strip() == "True ['a']"
