@@ -21,6 +21,7 @@ stop, and the kernel would stop answering with them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import reprlib
 import shutil
@@ -36,6 +37,8 @@ import attrs
 import trio
 
 __all__ = ["HASH_SEED", "Debugger", "cell_path", "murmur2"]
+
+log = logging.getLogger("trikernel")
 
 #: The seed of the cell-name hash (any 32-bit value; frontends read it from debugInfo).
 HASH_SEED = 0x7472696B  # "trik"
@@ -371,8 +374,12 @@ class Debugger:
                     buffer += data
                     continue
                 self._route(message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except ValueError as exc:
+            # Not DAP: nothing after it can be framed. The connection ends here; requests
+            # waiting for an answer say so, and the frontend's next `initialize` connects again.
+            log.warning("debugger: dropped the connection to debugpy: %s", exc)
         finally:
             # Also when the io loop is cancelled (shutdown): the connection ends with its reader.
             stream.socket.close()
@@ -421,12 +428,18 @@ def _take_message(buffer: bytes) -> tuple[dict[str, Any] | None, bytes]:
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
-            length = int(value)
+            try:
+                length = int(value)
+            except ValueError:
+                raise ValueError(f"a DAP header with a bad Content-Length: {value!r}") from None
     if length is None:
         raise ValueError("a DAP message without Content-Length")
     if len(rest) < length:
         return None, buffer
-    message = json.loads(rest[:length])
+    try:
+        message = json.loads(rest[:length])
+    except ValueError as exc:
+        raise ValueError(f"a DAP message that is not JSON ({exc})") from None
     if not isinstance(message, dict):
         raise ValueError("a DAP message that is not an object")
     return message, rest[length:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -53,3 +54,17 @@ def test_dap_messages_are_taken_whole_and_in_order() -> None:
 def test_a_dap_message_without_length_is_refused() -> None:
     with pytest.raises(ValueError, match="Content-Length"):
         _take_message(b"X-Other: 1\r\n\r\n{}")
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"Content-Length: ten\r\n\r\n{}", "bad Content-Length: b' ten'"),
+        (b"Content-Length: 3\r\n\r\n{x}", "not JSON"),
+        (b"Content-Length: 2\r\n\r\n[]", "not an object"),
+    ],
+)
+def test_a_dap_frame_that_is_not_dap_says_why(data: bytes, reason: str) -> None:
+    # The reader logs this reason when it drops the connection.
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        _take_message(data)
