@@ -58,6 +58,11 @@ class Figure:
     rep: Callable[[Kernel, figures.Params], list[float]] | None = None
     reps: Callable[[figures.Params], int] = lambda p: 1
 
+    def meets(self, ratio: float) -> bool:
+        """Whether trikernel's ``ratio`` to the baseline meets the goal (there must be one)."""
+        assert self.goal is not None
+        return ratio >= self.goal if self.higher_is_better else ratio <= self.goal
+
 
 GROUPS = {
     "1": "startup",
@@ -526,8 +531,7 @@ def render_goal(results: Results, fig: Figure, baseline: str) -> str:
     r = ratio(results, fig.key, "trikernel", baseline)
     if r is None:
         return f"{op}{fig.goal:g}x: no ratio"
-    met = r >= fig.goal if fig.higher_is_better else r <= fig.goal
-    text = f"{op}{fig.goal:g}x: {'met' if met else 'NOT met'} ({r:.2f}x"
+    text = f"{op}{fig.goal:g}x: {'met' if fig.meets(r) else 'NOT met'} ({r:.2f}x"
     interval = ratio_interval(results, fig.key, "trikernel", baseline)
     if interval is None:
         return text + ")"
@@ -595,7 +599,7 @@ def save_json(
         goal = None
         if fig.goal is not None:
             r = ratio(results, fig.key, "trikernel", args.baseline)
-            met = None if r is None else (r >= fig.goal if fig.higher_is_better else r <= fig.goal)
+            met = None if r is None else fig.meets(r)
             goal = {"ratio": fig.goal, "at_least": fig.higher_is_better, "met": met}
             interval = ratio_interval(results, fig.key, "trikernel", args.baseline)
             if interval is not None:
