@@ -204,6 +204,42 @@ def test_input_round_trip(kernel: Kernel) -> None:
     assert stream_text(kernel.until_idle(msg_id)) == "hello trio\n"
 
 
+def test_text_printed_before_input_arrives_before_its_prompt(kernel: Kernel) -> None:
+    # The text comes on iopub and the prompt on stdin, two sockets with no order between them
+    # (see Kernel._send_input_request): before the kernel waited for iopub, about one prompt
+    # in six came first. ZeroMQ gives no promise across sockets, so two late texts in 40 pass.
+    iopub, stdin = kernel.kc.iopub_channel.socket, kernel.kc.stdin_channel.socket
+    poller = zmq.Poller()
+    poller.register(iopub, zmq.POLLIN)
+    poller.register(stdin, zmq.POLLIN)
+    overtaken = 0
+    for i in range(40):
+        msg_id = kernel.kc.execute(f"print('line {i}'); input('?')", allow_stdin=True)
+        text_seen = False
+        while True:
+            events = dict(poller.poll(TIMEOUT * 1000))
+            assert events, f"neither the text nor the prompt of try {i} came"
+            if iopub in events:  # first, when both have come
+                _, msg = kernel.kc.session.recv(iopub)
+                if (
+                    msg is not None
+                    and msg["parent_header"].get("msg_id") == msg_id
+                    and msg["msg_type"] == "stream"
+                    and f"line {i}" in msg["content"]["text"]
+                ):
+                    text_seen = True
+                continue
+            _, prompt = kernel.kc.session.recv(stdin)
+            assert prompt is not None
+            assert prompt["msg_type"] == "input_request"
+            overtaken += not text_seen
+            kernel.kc.input("x")
+            break
+        assert kernel.reply(msg_id)["content"]["status"] == "ok"
+        kernel.until_idle(msg_id)
+    assert overtaken <= 2, f"{overtaken} of 40 prompts came before the text printed before them"
+
+
 def test_input_without_stdin_is_a_clear_error(kernel: Kernel) -> None:
     reply, _ = kernel.execute("input('x')", allow_stdin=False)
     assert reply["content"]["ename"] == "StdinNotImplementedError"
