@@ -7,6 +7,7 @@ and the queue to send through) and then runs until cancelled. The kernel starts 
 
 from __future__ import annotations
 
+from .heartbeat import HEARTBEAT_THREAD as HEARTBEAT_THREAD
 from .heartbeat import serve_heartbeat as serve_heartbeat
 from .iopub import IOPubQueue as IOPubQueue
 from .iopub import serve_iopub as serve_iopub

@@ -20,8 +20,10 @@ from ..handoff import run_sync_in_thread
 from ..protocol import ConnectionInfo
 from .transport import bind
 
-__all__ = ["serve_heartbeat"]
+__all__ = ["HEARTBEAT_THREAD", "serve_heartbeat"]
 
+#: The name of the thread that echoes heartbeats (the debugger leaves it alone by it).
+HEARTBEAT_THREAD = "trikernel-heartbeat"
 _ids = itertools.count()
 
 
@@ -56,9 +58,7 @@ async def serve_heartbeat(
 
     task_status.started(port)
     try:
-        await run_sync_in_thread(
-            proxy, "trikernel-heartbeat", stop=lambda: steer_out.send(b"TERMINATE")
-        )
+        await run_sync_in_thread(proxy, HEARTBEAT_THREAD, stop=lambda: steer_out.send(b"TERMINATE"))
     finally:
         steer_out.close(linger=0)
     raise RuntimeError("the heartbeat proxy stopped on its own")
