@@ -105,6 +105,9 @@ class UserCode(trio.abc.Instrument):
     # Set by the io loop just before it re-sends SIGINT, cleared by the handler: see _on_sigint.
     _resent: bool = attrs.field(init=False, default=False)
     _idle: trio.Event | None = attrs.field(init=False, default=None)
+    closing: bool = attrs.field(init=False, default=False)
+    """Set (any thread) before the interrupt that stops user code for shutdown: a request that
+    enters :meth:`running` after it must not run its code (see :meth:`close`)."""
     watch_pending: Callable[[], None] | None = attrs.field(init=False, default=None)
     """Set by the kernel: asks the io loop to run :meth:`resend_while_pending` (for a SIGINT
     from outside, in signal mode, which the io loop did not send)."""
@@ -176,10 +179,27 @@ class UserCode(trio.abc.Instrument):
 
     # -- interrupts (any thread) ---------------------------------------------------------------
 
+    def close(self) -> None:
+        """Any thread, before the shutdown's interrupt: user code that has not started by then
+        must not start.
+
+        The interrupt only stops code that runs when SIGINT lands; a request on its way into
+        :meth:`running` at that moment would run its cell in full, while the shutdown waited
+        for it (seen in a test). Such a request checks :attr:`closing` once in
+        :meth:`running`: either it sees the flag, or it was registered before the SIGINT was
+        sent, and the SIGINT reaches it.
+        """
+        self.closing = True
+
     def interrupt(self) -> None:
         """Interrupt whatever user code runs now. Call from the io loop; never blocks."""
         self._requested += 1
         signal.pthread_kill(self._main_thread, signal.SIGINT)
+
+    @property
+    def active(self) -> bool:
+        """Whether a request's user code runs (or awaits) now."""
+        return bool(self._running)
 
     @property
     def interrupt_pending(self) -> bool:

@@ -90,27 +90,93 @@ def post(token: trio.lowlevel.TrioToken, fn: Callable[..., object], *args: objec
         log.debug("dropped %r: its loop has finished", fn)
 
 
+def _always() -> bool:
+    return True
+
+
 @attrs.define(eq=False)
 class Mailbox(Generic[T]):
     """A FIFO from any thread into one trio loop.
+
+    Its consumer may also let producers in other threads handle an item themselves
+    (:meth:`bypass_with`), when nothing waits and the consumer is not handling a batch: a reply
+    is then sent by the thread that made it, and the consumer's loop is not woken (waking it
+    costs the GIL twice, and against a busy thread up to a switch interval each time).
 
     Args:
         token: the token of the loop whose task calls :meth:`get_batch`.
     """
 
     token: trio.lowlevel.TrioToken
+    may_bypass: Callable[[], bool] = _always
+    """Asked before a producer handles an item itself (see :meth:`bypass_with`). The kernel
+    says no while more requests wait (their replies go out in batches from the consumer's
+    loop) and while user code runs on the main thread (see :mod:`trikernel.kernel`)."""
     _items: deque[T] = attrs.field(init=False, factory=deque)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _wake_scheduled: bool = attrs.field(init=False, default=False)
     _event: trio.Event | None = attrs.field(init=False, default=None)
+    _bypass: Callable[[T], bool] | None = attrs.field(init=False, default=None)
+    _claimed: bool = attrs.field(init=False, default=False)
+    """Items are being handled: a batch by the consumer, or one item by a bypassing producer."""
+    _consumer: int | None = attrs.field(init=False, default=None)
+
+    def bypass_with(self, handle: Callable[[T], bool] | None) -> None:
+        """Consumer: let producers in other threads call ``handle(item)`` instead of queueing
+        it, when nothing waits (None: no more). ``handle`` returns whether it handled the
+        item (if not, the item is queued first), and must not raise. Once a batch is handled,
+        the consumer calls :meth:`release`."""
+        with self._lock:
+            self._bypass = handle
+            self._consumer = threading.get_ident()
+
+    def waiting(self) -> int:
+        """How many items wait (a hint in any thread but the consumer's)."""
+        return len(self._items)
 
     def put(self, item: T) -> None:
         """Append ``item``; wake the consumer if this is the first item since its last batch."""
+        if self._put_by_bypass(item):
+            return
         with self._lock:
             self._items.append(item)
             if self._wake_scheduled:
                 return
             self._wake_scheduled = True
+        self._post_wake()
+
+    @trio.lowlevel.enable_ki_protection
+    def _put_by_bypass(self, item: T) -> bool:
+        # KI-protected: an interrupt must not leave the claim taken, nor stop a send between
+        # two frames (see FrameSocket.try_send_from_thread).
+        handle = self._bypass
+        if handle is None or threading.get_ident() == self._consumer or not self.may_bypass():
+            return False
+        with self._lock:
+            if self._items or self._claimed:
+                return False
+            self._claimed = True
+        handled = False
+        try:
+            handled = handle(item)
+        finally:
+            with self._lock:
+                self._claimed = False
+                if not handled:
+                    self._items.appendleft(item)  # before what others queued meanwhile
+                # The consumer may have found items claimed, and waits for this wake-up.
+                wake = bool(self._items)
+                self._wake_scheduled = self._wake_scheduled or wake
+            if wake:
+                self._post_wake()
+        return True
+
+    def release(self) -> None:
+        """Consumer, with a bypass: the batch it took is handled; producers may bypass again."""
+        with self._lock:
+            self._claimed = False
+
+    def _post_wake(self) -> None:
         try:
             self.token.run_sync_soon(self._wake)
         except trio.RunFinishedError:  # the consumer's loop ended (shutdown): nobody to wake
@@ -124,9 +190,12 @@ class Mailbox(Generic[T]):
     def get_batch_nowait(self) -> list[T]:
         """Take every item waiting now (possibly none)."""
         with self._lock:
+            if self._claimed:  # a producer is handling one: it wakes the consumer after
+                return []
             items = list(self._items)
             self._items.clear()
             self._wake_scheduled = False
+            self._claimed = bool(items) and self._bypass is not None
         return items
 
     async def get_batch(self) -> list[T]:
@@ -139,14 +208,17 @@ class Mailbox(Generic[T]):
             # A fresh event before looking: a put after the look wakes exactly this event.
             self._event = trio.Event()
             with self._lock:
-                ready = bool(self._items)
+                ready = bool(self._items) and not self._claimed
             if ready:
                 if not waited:
                     # Items there at once: still a checkpoint, before taking them. After a
                     # wait (itself a checkpoint) another one would only cost the consumer's
                     # loop one more turn per batch, on the path of every request.
                     await trio.lowlevel.checkpoint()
-                return self.get_batch_nowait()  # one consumer: nobody took them meanwhile
+                items = self.get_batch_nowait()  # one consumer: nobody took them meanwhile
+                if items:
+                    return items
+                continue
             await self._event.wait()
             waited = True
 

@@ -14,6 +14,13 @@ output and input requests go main -> io through the channels' outboxes and the
 :class:`~trikernel.channels.IOPubQueue`; interrupts go io -> main as SIGINT
 (:mod:`trikernel.execution`); shutdown steps are posted with ``TrioToken.run_sync_soon``.
 
+One shortcut: a shell reply or an iopub message made on the main thread is sent from there
+when nothing waits to be sent before it (the bypass of the shell outbox and of the queue), so
+a ``pass`` cell's busy, input, reply and idle never wake the io loop. Not while more requests
+wait (their messages go out in batches from the io loop), and not while user code runs: the
+io loop's interrupt SIGINT would land mostly in one of its sends, where it is deferred
+(docs/architecture.md, "Hand-offs").
+
 Handlers are ``async def <msg_type>(self, request) -> reply content`` methods, collected into
 one table per channel (:attr:`Kernel.shell_handlers`, :attr:`Kernel.control_handlers`). A
 wrapper kernel subclasses :class:`Kernel` and overrides them.
@@ -224,6 +231,7 @@ class Kernel:
         self._user: UserCode
         self._shutdown_started = False  # main loop
         self._requests_running = 0  # main loop: shell requests not yet replied to
+        self._more_requests = False  # main loop: a shell's next request waits already
         self._requests_done: trio.Event | None = None  # set when that count drops to 0
         self._shutdown_replying = False  # a shutdown_request waits for its reply
         self._main_stopped: trio.Event  # io loop: main loop has stopped user code
@@ -413,6 +421,7 @@ class Kernel:
                 # as its channel reads it.
                 token = self._io_token
                 self._outboxes = {ch: Mailbox(token) for ch in ("control", "stdin", "shell")}
+                self._iopub.may_bypass = self._outboxes["shell"].may_bypass = self._may_bypass
                 iopub_room = functools.partial(self._iopub.wait_for_room, text=False)
                 stall = self.settings.replies.stall_timeout
                 ports["control"] = await nursery.start(
@@ -454,6 +463,11 @@ class Kernel:
             raise
         finally:
             ctx.term()
+
+    def _may_bypass(self) -> bool:
+        """Whether a message made on the main thread may be sent from there (see the module's
+        hand-offs)."""
+        return not self._more_requests and not self._user.active
 
     def _write_connection_file(self) -> None:
         if self.connection_file is None or self.connection_file.exists():
@@ -607,6 +621,9 @@ class Kernel:
     @trio.lowlevel.enable_ki_protection
     async def _serve_in_order(self, receive: trio.MemoryReceiveChannel[_Incoming]) -> None:
         async for incoming in receive:
+            # With subshells the last one to start a request decides; either way is correct.
+            waiting = receive.statistics().current_buffer_used
+            self._more_requests = waiting > 0 or self._shell_inbox.waiting() > 0
             await self._run_shell_request(incoming)
 
     @trio.lowlevel.enable_ki_protection
@@ -678,6 +695,8 @@ class Kernel:
         cell_token = current_cell.set(shell.execution_count)
         try:
             with self._user.running(timeout=timeout) as run:
+                if self._user.closing:  # the kernel shuts down: see UserCode.close
+                    return {"status": "aborted"}
                 if timeout:
                     run.watchdog = trio.CancelScope()
                     post(self._io_token, self._start_deadline_watch, run, timeout)
@@ -919,6 +938,7 @@ class Kernel:
         restart = bool(request.content.get("restart", False))
         self._shutdown_replying = True
         # A cell that blocks the main thread would never run _begin_shutdown: interrupt it.
+        self._user.close()
         self._io_nursery.start_soon(self._user.wait_interrupted)
         post(self._main_token, self._begin_shutdown)
         with trio.move_on_after(self.settings.shutdown.grace + 1) as waited:
@@ -967,6 +987,7 @@ class Kernel:
         """SIGTERM: the orderly exit of a shutdown_request, without a reply to send."""
         log.info("SIGTERM: shutting down")
         post(self._main_token, self._begin_shutdown)
+        self._user.close()
         self._user.interrupt()
         if self._user.interrupt_pending:
             # The SIGINT is lost if this signal landed in the kernel's own code, where trio

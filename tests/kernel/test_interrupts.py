@@ -367,3 +367,28 @@ def test_stress_300_interrupts_at_random_moments(fresh_kernel: Kernel) -> None:
     reply, msgs = k.execute("1+1")
     assert outputs(msgs, "execute_result")[0]["content"]["data"]["text/plain"] == "2"
     assert stream_text(msgs) == ""
+
+
+def test_interrupts_while_a_cell_displays_cut_no_message(fresh_kernel: Kernel) -> None:
+    """``display()`` in a cell sends its message from the main thread when nothing else waits
+    (the io loop is not woken for it). An interrupt that lands in the middle of such a send
+    must not cut the message in two (the next one would be appended to its frames, and the
+    client would drop both as unsigned), nor lose one, nor stop the output for good."""
+    k = fresh_kernel
+    rng = random.Random(20261202)
+    cell = "from IPython.display import display\nfor i in range(10**6):\n    display(i)"
+    for n in range(40):
+        msg_id = k.kc.execute(cell, stop_on_error=False)
+        # Interrupted once it displays (an interrupt before the cell starts does nothing, in
+        # every kernel), then at a random moment: the randomness is the point of this test.
+        msgs = k.iopub_until(msg_id, lambda m: m["msg_type"] == "display_data")
+        time.sleep(rng.uniform(0, 0.02))
+        by_message(k) if n % 2 else by_signal(k)
+        reply = k.reply(msg_id)
+        assert reply["content"]["status"] == "error", reply["content"]
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        msgs += k.until_idle(msg_id)
+        shown = [int(m["content"]["data"]["text/plain"]) for m in outputs(msgs, "display_data")]
+        assert shown == list(range(len(shown))), "a display was lost or came out of order"
+    reply, msgs = k.execute("display('still here')")
+    assert outputs(msgs, "display_data")[0]["content"]["data"]["text/plain"] == "'still here'"

@@ -172,3 +172,31 @@ async def test_closing_the_socket_ends_a_waiting_receive(pair: Any) -> None:
             nursery.start_soon(receive)
             await trio.testing.wait_all_tasks_blocked()
             sock.close()
+
+
+async def test_a_message_that_arrives_while_another_thread_sends_is_received(pair: Any) -> None:
+    """The iopub queue sends from the publishing thread (try_send_from_thread) while the io
+    loop waits to receive on the same socket. Such a send can consume the edge the receive
+    sleeps on too, and it must wake the receive in its loop."""
+    sock, peer = pair
+    token = trio.lowlevel.current_trio_token()
+    received: list[list[bytes]] = []
+
+    def send_from_thread() -> None:
+        for n in range(500):
+            assert sock.try_send_from_thread([b"ping"], token)
+            assert peer.recv_multipart() == [b"ping"]
+            peer.send_multipart([str(n).encode()])  # arrives while the next send runs
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: trio.to_thread.run_sync(send_from_thread))
+            received.extend([await sock.recv() for _ in range(500)])
+    assert received == [[str(n).encode()] for n in range(500)]
+
+
+async def test_a_closed_socket_takes_nothing_from_another_thread(pair: Any) -> None:
+    sock, _ = pair
+    token = trio.lowlevel.current_trio_token()
+    sock.close()
+    assert not await trio.to_thread.run_sync(sock.try_send_from_thread, [b"late"], token)

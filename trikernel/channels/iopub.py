@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import attrs
@@ -41,7 +41,7 @@ import trio
 import zmq
 
 from ..protocol import ConnectionInfo, Message, Session
-from .transport import FrameSocket, SentMarker, open_socket
+from .transport import FrameSocket, SentMarker, frames_to_send, open_socket
 
 __all__ = ["MAX_PENDING_MESSAGES", "IOPubQueue", "serve_iopub"]
 
@@ -92,6 +92,12 @@ class IOPubQueue:
     _urgent: bool = attrs.field(init=False, default=False)
     _event: trio.Event | None = attrs.field(init=False, default=None)
     _taken: trio.Event | None = attrs.field(init=False, default=None)
+    may_bypass: Callable[[], bool] = attrs.field(init=False, default=lambda: True)
+    """Asked before a publisher sends a message itself, as :attr:`Mailbox.may_bypass`."""
+    _claimed: bool = attrs.field(init=False, default=False)
+    """Someone sends on the socket: the io loop (a batch) or a publisher (:meth:`_send_now`)."""
+    _send_from_thread: Callable[[list[bytes]], bool] | None = attrs.field(init=False, default=None)
+    """Sends frames from another thread if the socket takes them now; set by serve_iopub."""
 
     @_room.default
     def _make_room_condition(self) -> threading.Condition:
@@ -102,6 +108,8 @@ class IOPubQueue:
 
         Waits while the queue is full (see the module's invariants), unless called in the io
         loop."""
+        if self._send_now(msg):
+            return
         with self._lock:
             self._items.append(msg)
             self._messages += 1
@@ -134,6 +142,48 @@ class IOPubQueue:
             self._post_wake()
         if full:
             self._wait_for_room()
+
+    @trio.lowlevel.enable_ki_protection
+    def _send_now(self, msg: Message) -> bool:
+        """Send ``msg`` from this thread if nothing waits and nobody sends; return whether it
+        was sent (or queued at the head, when the socket refused it).
+
+        Sent this way, the io loop is not woken: waking it costs the GIL twice, and against a
+        busy main thread (whose status, input and idle messages go out this way) up to a
+        switch interval each time.
+
+        KI-protected: an interrupt in a cell that is displaying something must not stop the
+        send between two frames (see :meth:`FrameSocket.try_send_from_thread`), nor leave the
+        claim taken.
+        """
+        send = self._send_from_thread
+        if send is None or threading.get_ident() == self._consumer or not self.may_bypass():
+            return False
+        with self._lock:
+            if self._items or self._claimed:
+                return False
+            self._claimed = True
+        sent = False
+        try:
+            sent = send(self.session.pack(msg))
+        except (TypeError, ValueError):
+            log.exception("iopub: could not send %s", msg.msg_type)
+            sent = True  # dropped, as the io loop drops it
+        except zmq.ZMQError:
+            pass  # queued: the io loop sends it, and meets the error itself
+        finally:
+            with self._lock:
+                self._claimed = False
+                if not sent:
+                    # At a subscriber's mark (or closing): it goes first, before whatever other
+                    # threads queued meanwhile, and the io loop waits for room.
+                    self._items.appendleft(msg)
+                    self._messages += 1
+                    self._mark(urgent=True)
+                wake = bool(self._items)  # the io loop may have found them claimed
+            if wake:
+                self._post_wake()
+        return True
 
     def flush(self) -> None:
         """Send waiting text now instead of at the end of the flush interval."""
@@ -209,8 +259,12 @@ class IOPubQueue:
             return not isinstance(last, _Text) or last.parts[-1].endswith("\n")
 
     def _take(self) -> list[Message | _Text | SentMarker]:
+        """Take what waits, and the claim with it (:meth:`release` gives the claim back)."""
         with self._lock:
+            if self._claimed:
+                return []
             items = list(self._items)
+            self._claimed = bool(items)
             self._items.clear()
             self._text_bytes = 0
             self._messages = 0
@@ -221,6 +275,16 @@ class IOPubQueue:
         if taken is not None:
             taken.set()
         return items
+
+    def attach(self, send: Callable[[list[bytes]], bool] | None) -> None:
+        """Let other threads send through ``send`` when nothing waits (None: no more)."""
+        with self._lock:
+            self._send_from_thread = send
+
+    def release(self) -> None:
+        """The io loop has sent the batch :meth:`get_batch` gave it: others may send now."""
+        with self._lock:
+            self._claimed = False
 
     async def get_batch(self) -> Iterator[Message | SentMarker]:
         """Wait for work by the rules above; return it, with text made into messages as the
@@ -234,7 +298,8 @@ class IOPubQueue:
         while True:
             self._event = trio.Event()
             with self._lock:
-                has_items = bool(self._items)
+                # Claimed by a publisher sending now: it wakes the loop when done.
+                has_items = bool(self._items) and not self._claimed
                 urgent = self._urgent
             if not has_items:
                 await self._event.wait()
@@ -297,19 +362,23 @@ async def serve_iopub(
     ):
         nursery.start_soon(_welcome_subscribers, sock, session, queue)
         sender = _Sender(sock, stall_timeout)
+        token = trio.lowlevel.current_trio_token()
+
+        def send_from_thread(frames: list[bytes]) -> bool:
+            # Not while a subscriber is left behind: the io loop's sender decides about those.
+            return not sender.dropping and sock.try_send_from_thread(frames, token)
+
+        queue.attach(send_from_thread)
         task_status.started((sock.port, queue))
-        while True:
-            for item in await queue.get_batch():
-                if isinstance(item, SentMarker):
-                    item.event.set()
-                    continue
-                try:
-                    frames = session.pack(item)
-                except (TypeError, ValueError):
-                    # One unwritable message must not end the kernel's output for good.
-                    log.exception("iopub: could not send %s", item.msg_type)
-                    continue
-                await sender.send(frames)
+        try:
+            while True:
+                for item in await queue.get_batch():
+                    frames = frames_to_send(session, item, "iopub")
+                    if frames is not None:
+                        await sender.send(frames)
+                queue.release()
+        finally:
+            queue.attach(None)
 
 
 @attrs.define(eq=False)
@@ -322,6 +391,11 @@ class _Sender:
     """When a send was first refused since the last one that went to everyone."""
     _dropping: int = 0
     """Messages sent since a subscriber was left behind (each one it may have missed)."""
+
+    @property
+    def dropping(self) -> bool:
+        """Whether a subscriber is left behind."""
+        return bool(self._dropping)
 
     async def send(self, frames: list[bytes]) -> None:
         delay = 0.0005

@@ -33,7 +33,7 @@ import zmq
 
 from ..handoff import Mailbox
 from ..protocol import Channel, ConnectionInfo, Message, Session, WireError
-from .transport import FrameSocket, SentMarker, open_socket
+from .transport import FrameSocket, SentMarker, frames_to_send, open_socket
 
 __all__ = ["Outbox", "serve_control", "serve_router", "serve_shell", "serve_stdin"]
 
@@ -68,21 +68,48 @@ async def serve_router(
         open_socket(ctx, zmq.ROUTER, conn, channel, router_mandatory=1) as sock,
         trio.open_nursery() as nursery,
     ):
-        dropped = _DropLog()
         replier = _Replier(sock, channel, stall_timeout, on_unroutable)
         nursery.start_soon(_send_outbox, replier, session, outbox)
-        task_status.started(sock.port)
-        while True:
-            await replier.wait_unblocked()
-            if ready is not None:
-                await ready()
-            frames = await sock.recv()
+        token = trio.lowlevel.current_trio_token()
+
+        def send_from_thread(item: Message | SentMarker) -> bool:
+            # A reply made in another thread (the main loop's) is sent there, unless the
+            # replier waits for a client or left one behind: it decides about those.
+            if isinstance(item, SentMarker) or not replier.clear:
+                return False
             try:
-                msg = session.unpack(frames)
-            except WireError as exc:
-                dropped.note(channel, exc)
-                continue
-            on_message(msg)
+                return sock.try_send_from_thread(session.pack(item), token)
+            except (TypeError, ValueError, zmq.ZMQError):
+                return False  # the io loop sends it, and meets the error itself
+
+        outbox.bypass_with(send_from_thread)
+        task_status.started(sock.port)
+        try:
+            await _receive(sock, channel, session, on_message, replier, ready)
+        finally:
+            outbox.bypass_with(None)
+
+
+async def _receive(
+    sock: FrameSocket,
+    channel: Channel,
+    session: Session,
+    on_message: Callable[[Message], None],
+    replier: _Replier,
+    ready: Callable[[], Awaitable[None]] | None,
+) -> NoReturn:
+    dropped = _DropLog()
+    while True:
+        await replier.wait_unblocked()
+        if ready is not None:
+            await ready()
+        frames = await sock.recv()
+        try:
+            msg = session.unpack(frames)
+        except WireError as exc:
+            dropped.note(channel, exc)
+            continue
+        on_message(msg)
 
 
 @attrs.define
@@ -109,15 +136,11 @@ class _DropLog:
 async def _send_outbox(replier: _Replier, session: Session, outbox: Outbox) -> None:
     while True:
         for item in await outbox.get_batch():
-            if isinstance(item, SentMarker):
-                item.event.set()
-                continue
-            try:
-                frames = session.pack(item)
-            except (TypeError, ValueError):
-                log.exception("%s: could not send %s", replier.channel, item.msg_type)
-                continue
-            await replier.send(item, frames)
+            frames = frames_to_send(session, item, replier.channel)
+            if frames is not None:
+                assert isinstance(item, Message)  # markers have no frames
+                await replier.send(item, frames)
+        outbox.release()
 
 
 @attrs.define(eq=False)
@@ -157,6 +180,11 @@ class _Replier:
                 self._unblocked.set()
                 self._unblocked = None
         await self.sock.checkpoint()
+
+    @property
+    def clear(self) -> bool:
+        """Whether no send waits for a client and no client is left behind."""
+        return self._unblocked is None and not self._left_behind
 
     async def wait_unblocked(self) -> None:
         """Return once no send waits for a client (the reader waits here before reading)."""

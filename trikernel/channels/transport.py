@@ -33,6 +33,8 @@ call and a task group for every wake of its reader, about a quarter of the execu
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -44,9 +46,11 @@ import attrs
 import trio
 import zmq
 
-from ..protocol import Channel, ConnectionInfo
+from ..protocol import Channel, ConnectionInfo, Message, Session
 
-__all__ = ["FrameSocket", "SentMarker", "bind", "open_socket"]
+__all__ = ["FrameSocket", "SentMarker", "bind", "frames_to_send", "open_socket"]
+
+log = logging.getLogger("trikernel")
 
 # pyzmq copies without the GIL. A lent frame is released by pyzmq's garbage-collector thread,
 # which takes the GIL once per frame: for the 1 MiB pieces of a long write that cost more than
@@ -73,6 +77,22 @@ class SentMarker:
     event: trio.Event = attrs.Factory(trio.Event)
 
 
+def frames_to_send(
+    session: Session, item: Message | SentMarker, channel: str
+) -> list[bytes] | None:
+    """What a channel's sending task sends for ``item`` taken from its queue: the message's
+    frames; or None, for a marker (set now: everything before it was sent) and for a message
+    that cannot be written (logged: one such message must not end a channel's output)."""
+    if isinstance(item, SentMarker):
+        item.event.set()
+        return None
+    try:
+        return session.pack(item)
+    except (TypeError, ValueError):
+        log.exception("%s: could not send %s", channel, item.msg_type)
+        return None
+
+
 @attrs.define(eq=False)
 class FrameSocket:
     """A bound ZeroMQ socket that sends and receives lists of byte frames."""
@@ -90,6 +110,8 @@ class FrameSocket:
     """The scope of the one task waiting on the descriptor, if one is."""
     _changed: trio.Event | None = attrs.field(init=False, default=None)
     """Set when the socket's events may have changed, for the tasks not on the descriptor."""
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    """Held for every ZeroMQ call, so :meth:`try_send_from_thread` can share the socket."""
     _send_frame: Callable[[bytes, int, bool], object] = attrs.field(init=False)
     _recv_frame: Callable[[int], bytes] = attrs.field(init=False)
     _get: Callable[[int], object] = attrs.field(init=False)
@@ -112,15 +134,19 @@ class FrameSocket:
             trio.ClosedResourceError: the socket was closed while the call waited.
         """
         while True:
-            try:
-                frames = [self._recv_frame(_NOBLOCK)]
-            except zmq.Again:
+            with self._lock:
+                try:
+                    frames = [self._recv_frame(_NOBLOCK)]
+                except zmq.Again:
+                    frames = []
+                else:
+                    # The rest of a multipart message is there once its first frame is
+                    # (ZeroMQ delivers messages whole).
+                    while self._get(_RCVMORE):
+                        frames.append(self._recv_frame(_NOBLOCK))
+            if not frames:
                 await self._wait(zmq.POLLIN)
                 continue
-            # The rest of a multipart message is there once its first frame is (ZeroMQ
-            # delivers messages whole).
-            while self._get(_RCVMORE):
-                frames.append(self._recv_frame(_NOBLOCK))
             self._after_op()
             await self.checkpoint()
             return frames
@@ -133,6 +159,35 @@ class FrameSocket:
 
     def try_send(self, frames: Sequence[bytes]) -> bool:
         """Send one multipart message if ZeroMQ takes it now; return whether it did."""
+        with self._lock:
+            sent = self._send_now(frames)
+        if sent:
+            self._after_op()
+        return sent
+
+    def try_send_from_thread(self, frames: Sequence[bytes], token: trio.lowlevel.TrioToken) -> bool:
+        """:meth:`try_send` from a thread other than the socket's loop (``token``).
+
+        The caller keeps messages in order with the loop's own sends (the iopub queue's claim
+        does). Call it KI-protected: an exception between two frames would leave half a
+        message in ZeroMQ, and the next one would be appended to it.
+        """
+        with self._lock:
+            if self.raw.closed:
+                return False
+            sent = self._send_now(frames)
+            waiting = self._waiting_for
+            changed = sent and waiting and cast("int", self._get(_EVENTS)) & waiting
+        if changed:
+            # The send may have consumed the edge a task in the loop sleeps on (see the
+            # invariants); it is woken there, where its cancel scope lives.
+            try:
+                token.run_sync_soon(self._after_op)
+            except trio.RunFinishedError:
+                pass
+        return sent
+
+    def _send_now(self, frames: Sequence[bytes]) -> bool:
         last = len(frames) - 1
         for n, frame in enumerate(frames):
             # Frames past _COPY are lent to ZeroMQ rather than copied (see there).
@@ -142,7 +197,6 @@ class FrameSocket:
                 if n:  # cannot happen: ZeroMQ takes the rest once it took the first frame
                     raise
                 return False
-        self._after_op()
         return True
 
     async def checkpoint(self) -> None:
@@ -158,9 +212,14 @@ class FrameSocket:
         """Return once ``events`` may be possible (the caller retries its operation)."""
         self._waiters += 1
         try:
-            # Reading EVENTS also re-arms the descriptor: after it, any change makes it readable.
-            while not self._events() & events:
+            while True:
+                # Said before looking: a send from another thread after the look then sees
+                # that this task waits (try_send_from_thread).
                 self._waiting_for |= events
+                # Reading EVENTS also re-arms the descriptor: after it, any change makes it
+                # readable.
+                if self._events() & events:
+                    break
                 if self._watch is None:
                     self._watch = trio.CancelScope()
                     try:
@@ -189,7 +248,8 @@ class FrameSocket:
             self._wake_others()
 
     def _events(self) -> int:
-        return cast("int", self._get(_EVENTS))
+        with self._lock:
+            return cast("int", self._get(_EVENTS))
 
     def _wake_others(self) -> None:
         if self._changed is not None:
@@ -201,7 +261,8 @@ class FrameSocket:
         if not self.raw.closed:
             if self._waiters:
                 trio.lowlevel.notify_closing(self._fd)
-            self.raw.close()
+            with self._lock:
+                self.raw.close()
 
 
 def bind(sock: zmq.Socket[bytes], conn: ConnectionInfo, channel: Channel) -> int:
