@@ -185,9 +185,9 @@ class UserCode(trio.abc.Instrument):
 
         The interrupt only stops code that runs when SIGINT lands; a request on its way into
         :meth:`running` at that moment would run its cell in full, while the shutdown waited
-        for it (seen in a test). Such a request checks :attr:`closing` once in
-        :meth:`running`: either it sees the flag, or it was registered before the SIGINT was
-        sent, and the SIGINT reaches it.
+        for it (seen in a test). So a cell checks :attr:`closing` once it is registered in
+        :meth:`running` (``Kernel.execute_request``): either it sees the flag, or it was
+        registered before the SIGINT was sent, and the SIGINT reaches it.
         """
         self.closing = True
 

@@ -4,7 +4,9 @@ The kernel runs two trio loops (see ``docs/architecture.md``): the *main loop* o
 thread, where user code runs, and the *io loop* on a thread of its own, which owns every socket.
 Nothing else crosses between them: a value goes from one loop to the other only through a
 :class:`Mailbox` (many producers in any thread, one consumer task in one loop), and a call goes
-only through a loop's :class:`trio.lowlevel.TrioToken`.
+only through a loop's :class:`trio.lowlevel.TrioToken`. The one shortcut: a consumer may let a
+producer handle an item in its own thread when nothing waits (:meth:`Mailbox.bypass_with`;
+the io loop lets the main thread send a reply itself).
 
 Invariants:
 - :meth:`Mailbox.put` never blocks and never awaits: it is safe from any thread, and from sync

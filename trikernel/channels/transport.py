@@ -4,7 +4,9 @@ The kernel's channel modules speak only :class:`FrameSocket`; the socket layer l
 so a different one (or an in-memory one for tests) is a change to this module.
 
 Invariants:
-- A :class:`FrameSocket` is used only from the thread whose trio loop opened it.
+- A :class:`FrameSocket` is used from the thread whose trio loop opened it, and from other
+  threads only through :meth:`FrameSocket.try_send_from_thread`. Every ZeroMQ call on it holds
+  its lock (ZeroMQ allows a socket to change threads only across a full memory barrier).
 - Every call first tries the non-blocking ZeroMQ operation; only a socket that is not ready
   makes the task wait, on ZeroMQ's descriptor, through trio's own I/O wait
   (:func:`trio.lowlevel.wait_readable`). No helper task or thread is involved.
