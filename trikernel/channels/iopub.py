@@ -152,9 +152,10 @@ class IOPubQueue:
         busy main thread (whose status, input and idle messages go out this way) up to a
         switch interval each time.
 
-        KI-protected: an interrupt in a cell that is displaying something must not stop the
-        send between two frames (see :meth:`FrameSocket.try_send_from_thread`), nor leave the
-        claim taken.
+        KI-protected: an interrupt must never stop the send between two frames (see
+        :meth:`FrameSocket.try_send_from_thread`), nor leave the claim taken. (The kernel does
+        not send this way while user code runs, where its interrupts raise; see
+        :attr:`may_bypass`.)
         """
         send = self._send_from_thread
         if send is None or threading.get_ident() == self._consumer or not self.may_bypass():
