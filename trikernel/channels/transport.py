@@ -5,8 +5,10 @@ so a different one (or an in-memory one for tests) is a change to this module.
 
 Invariants:
 - A :class:`FrameSocket` is used from the thread whose trio loop opened it, and from other
-  threads only through :meth:`FrameSocket.try_send_from_thread`. Every ZeroMQ call on it holds
-  its lock (ZeroMQ allows a socket to change threads only across a full memory barrier).
+  threads only through :meth:`FrameSocket.try_send_from_thread`. Its sends, receives and
+  ``EVENTS`` reads hold its lock (ZeroMQ allows a socket to change threads only across a full
+  memory barrier); options set through ``raw`` do not, so their caller keeps other threads
+  out (the iopub sender sets ``xpub_nodrop`` only while its batch holds the queue's claim).
 - Every call first tries the non-blocking ZeroMQ operation; only a socket that is not ready
   makes the task wait, on ZeroMQ's descriptor, through trio's own I/O wait
   (:func:`trio.lowlevel.wait_readable`). No helper task or thread is involved.
