@@ -56,6 +56,7 @@ import zmq
 from . import __version__
 from .channels import (
     HEARTBEAT_THREAD,
+    MAX_PENDING_MESSAGES,
     IOPubQueue,
     Outbox,
     SentMarker,
@@ -422,7 +423,9 @@ class Kernel:
                 token = self._io_token
                 self._outboxes = {ch: Mailbox(token) for ch in ("control", "stdin", "shell")}
                 self._iopub.may_bypass = self._outboxes["shell"].may_bypass = self._may_bypass
-                iopub_room = functools.partial(self._iopub.wait_for_room, text=False)
+                iopub_room = functools.partial(
+                    self._iopub.wait_for_room, text=False, messages=2 * MAX_PENDING_MESSAGES
+                )
                 stall = self.settings.replies.stall_timeout
                 ports["control"] = await nursery.start(
                     functools.partial(serve_control, ready=iopub_room, stall_timeout=stall),

@@ -34,6 +34,8 @@ from tests.kernel.hostile_helpers import (
     Subscriber,
     Wire,
     is_idle_of,
+    json_parts,
+    new_header,
     parent_id,
     rss_mib,
 )
@@ -211,6 +213,50 @@ def test_a_paused_subscriber_delays_output_loses_none_and_bounds_memory(
         assert r.lines.count == lines
         r.lines.check_whole()
     assert shell.reply(cell)["content"]["status"] == "ok"
+
+
+def test_control_answers_while_shell_requests_wait_for_a_paused_subscriber(
+    client: Callable[..., tuple[Client, Any]],
+) -> None:
+    """Each shell request publishes two statuses; behind a paused subscriber they fill the
+    queue to the threads' mark, and the shell waits there. Control reads requests up to a
+    higher mark, so it still answers at once (at the same mark it waited for the stall
+    timeout: ten minutes here)."""
+    _, _, reader, paused, shell, control = set_up(client, stall_timeout=600)
+    requests = 2500  # 5,000 statuses: far past the 2,000 messages the queue holds
+    sent = []
+    for _ in range(requests):
+        # Statuses echo the request's header: padded, a few hundred fill the sockets' buffers.
+        header = new_header("is_complete_request", pad="x" * (32 << 10))
+        shell.send(shell.signed(json_parts(header, {"code": "x"})))
+        sent.append(header["msg_id"])
+    # Read the replies and what the reader gets until both stop: the shell waits for iopub.
+    early = 0
+    poller = zmq.Poller()
+    poller.register(shell.sock, zmq.POLLIN)
+    poller.register(reader.sub.sock, zmq.POLLIN)
+    deadline = time.monotonic() + TIMEOUT
+    while ready := dict(poller.poll(QUIET * 1000)):
+        assert time.monotonic() < deadline, f"the kernel never went quiet in {TIMEOUT} s"
+        if shell.sock in ready:
+            shell.recv()
+            early += 1
+        if reader.sub.sock in ready:
+            reader.take("")
+    assert early < requests, "the shell did not wait for the paused subscriber"
+
+    # Control looks at the queue before each read: the first request may be read at once
+    # whatever the mark (the read was already waiting), so several are sent.
+    for _ in range(3):
+        control.reply(control.request("kernel_info_request"), timeout=1.0)
+
+    # Once the paused subscriber reads, the shell goes on and every request is answered.
+    cell = shell.request("execute_request", {"code": "1+1"})
+    read_both_until_idle([reader, paused], cell)
+    *answered, executed = shell.until(cell)
+    assert executed["content"]["status"] == "ok"
+    assert early + len(answered) == requests
+    assert {parent_id(m) for m in answered} <= set(sent)
 
 
 def test_an_interrupt_ends_a_print_that_waits_for_a_paused_subscriber(

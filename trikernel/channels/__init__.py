@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .heartbeat import HEARTBEAT_THREAD as HEARTBEAT_THREAD
 from .heartbeat import serve_heartbeat as serve_heartbeat
+from .iopub import MAX_PENDING_MESSAGES as MAX_PENDING_MESSAGES
 from .iopub import IOPubQueue as IOPubQueue
 from .iopub import serve_iopub as serve_iopub
 from .router import Outbox as Outbox

@@ -17,8 +17,9 @@ Invariants:
     ``MAX_PENDING_MESSAGES`` other messages. Past either, a thread that publishes waits until
     the sender has taken what waits (``print`` blocks, as on a full pipe). The io loop's own
     publishers never wait: they would wait for themselves. Instead the control channel stops
-    reading requests while too many messages wait (:meth:`IOPubQueue.wait_for_room`), so a
-    flood of requests is held back in ZeroMQ's queues and the client's, not in the kernel.
+    reading requests while too many messages wait (:meth:`IOPubQueue.wait_for_room`, at a
+    mark above the other publishers' one), so a flood of control requests is held back in
+    ZeroMQ's queues and the client's, not in the kernel.
   - A subscriber that reads nothing for ``stall_timeout`` seconds while the socket is at its
     mark is left behind: the sender stops waiting, and messages go to every subscriber that
     has room and are dropped for the ones that have none, with a warning in the kernel's log,
@@ -203,9 +204,9 @@ class IOPubQueue:
             self._wake()
         await marker.event.wait()
 
-    def _full(self, *, text: bool = True) -> bool:
+    def _full(self, *, text: bool = True, messages: int = MAX_PENDING_MESSAGES) -> bool:
         limit = self.max_pending_bytes
-        return self._messages > MAX_PENDING_MESSAGES or (text and 0 < limit < self._text_bytes)
+        return self._messages > messages or (text and 0 < limit < self._text_bytes)
 
     def _wait_for_room(self) -> None:
         if threading.get_ident() == self._consumer:
@@ -215,16 +216,23 @@ class IOPubQueue:
                 # Interruptible: SIGINT's handler runs here, and may raise KeyboardInterrupt.
                 self._room.wait()
 
-    async def wait_for_room(self, *, text: bool = True) -> None:
+    async def wait_for_room(
+        self, *, text: bool = True, messages: int = MAX_PENDING_MESSAGES
+    ) -> None:
         """Wait until the queue is not full (io loop only: its publishers never block).
 
         Args:
             text: also wait while too much text waits; false: only for the message count
                 (what a control request adds).
+            messages: wait while more messages than this wait. The control channel passes
+                more than :data:`MAX_PENDING_MESSAGES`, where other threads' publishers stop:
+                at the same mark, a flood of shell requests (whose statuses keep the count
+                there) held control requests back too: 60 to 520 ms each, and behind a
+                subscriber that stopped reading, until its stall timeout.
         """
         while True:
             with self._lock:
-                if not self._full(text=text):
+                if not self._full(text=text, messages=messages):
                     return
                 # One event for every waiter (the control channel, each descriptor capture):
                 # a waiter that made its own would leave the one before it waiting for ever.
