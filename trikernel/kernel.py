@@ -287,10 +287,11 @@ class Kernel:
         """Serve until shut down. Blocks; call on the main thread."""
         # Figures appear in the cell that draws them, as in every Jupyter Python kernel.
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-        # The io thread takes the GIL back after every ZeroMQ call (pyzmq releases it for
-        # each frame); against a busy cell each take waits for the switch interval. 5 ms
-        # (Python's default) made an interrupt wait ~35 ms; 1 ms costs a busy cell nothing
-        # measurable, because switches only happen while the io thread has work.
+        # The io thread takes the GIL back after each wait in trio's epoll (and pyzmq's calls,
+        # where keepgil's cannot be had, release it for each frame); against a busy cell each
+        # take waits for the switch interval. 5 ms (Python's default) made an interrupt wait
+        # ~35 ms; 1 ms costs a busy cell nothing measurable, because switches only happen
+        # while the io thread has work.
         sys.setswitchinterval(0.001)
         # sys.excepthook too: a cell runs with IPython's (see TrikernelShell.run_code), and an
         # error that ends the kernel while a cell is unfinished must be printed by Python's.

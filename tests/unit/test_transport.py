@@ -18,15 +18,17 @@ from trikernel.channels import transport
 from trikernel.channels.transport import _YIELD_EVERY, FrameSocket
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[FrameSocket, zmq.Socket[bytes]]]:
-    """A FrameSocket (DEALER, bound) and a plain DEALER peer connected to it."""
+@pytest.fixture(params=[True, False], ids=["keep_gil", "pyzmq_calls"])
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[FrameSocket, zmq.Socket[bytes]]]:
+    """A FrameSocket (DEALER, bound) and a plain DEALER peer connected to it; the socket's
+    frames go through the GIL-keeping calls (trikernel/channels/keepgil.py) and through
+    pyzmq's, which it uses where those cannot be had."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ours = ctx.socket(zmq.DEALER)
     ours.bind("inproc://frames")
     peer = ctx.socket(zmq.DEALER)
     peer.connect("inproc://frames")
-    sock = FrameSocket(ours, 0)
+    sock = FrameSocket(ours, 0, keep_gil=request.param)
     yield sock, peer
     sock.close()
     peer.close(linger=0)

@@ -11,7 +11,9 @@ Invariants:
   out (the iopub sender sets ``xpub_nodrop`` only while its batch holds the queue's claim).
 - Every call first tries the non-blocking ZeroMQ operation; only a socket that is not ready
   makes the task wait, on ZeroMQ's descriptor, through trio's own I/O wait
-  (:func:`trio.lowlevel.wait_readable`). No helper task or thread is involved.
+  (:func:`trio.lowlevel.wait_readable`). No helper task or thread is involved. The operation
+  keeps the GIL for frames up to 64 KiB (:mod:`~trikernel.channels.keepgil`, where libzmq
+  can be reached; else pyzmq's calls, which let it go for every frame).
 - ZeroMQ's descriptor is edge-triggered: it becomes readable when the socket's state *may*
   have changed, and any operation on the socket (a send, a receive, reading ``EVENTS``) can
   consume that edge. So a task waits only after ``EVENTS`` said it must, and after every
@@ -44,15 +46,24 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import MethodType
-from typing import cast
+from typing import Protocol, cast
 
 import attrs
 import trio
 import zmq
 
 from ..protocol import Channel, ConnectionInfo, Message, Session
+from .keepgil import socket_calls
 
-__all__ = ["FrameSocket", "SentMarker", "bind", "frames_to_send", "open_socket"]
+__all__ = [
+    "FrameSocket",
+    "MessageCalls",
+    "PyzmqCalls",
+    "SentMarker",
+    "bind",
+    "frames_to_send",
+    "open_socket",
+]
 
 log = logging.getLogger("trikernel")
 
@@ -72,6 +83,67 @@ _EVENTS = int(zmq.EVENTS)
 # the loop is a pass through trio's scheduler and an epoll_wait, which lets a main thread that
 # waits for the GIL take it; a turn per message cost pipelined cells 10-20% of their rate.
 _YIELD_EVERY = 0.0005
+
+
+class MessageCalls(Protocol):
+    """Non-blocking ZeroMQ calls for one socket, a whole multipart message at a time. The
+    caller holds the socket's lock."""
+
+    def recv(self) -> list[bytes]:
+        """One message's frames; empty when no message waits."""
+        ...
+
+    def send(self, frames: Sequence[bytes]) -> bool:
+        """Send one message if ZeroMQ takes it now; return whether it did."""
+        ...
+
+
+@attrs.define(eq=False)
+class PyzmqCalls:
+    """:class:`MessageCalls` through pyzmq's compiled ``send``, ``recv`` and ``get``.
+
+    pyzmq's own ``send_multipart`` and ``recv_multipart`` are Python loops that combine enum
+    flags and build an enum for every ``RCVMORE`` query; its compiled calls with plain int
+    flags cost a third as much per message (~10 against ~27 µs for a 7-frame message sent and
+    received).
+    """
+
+    raw: zmq.Socket[bytes]
+    _send: Callable[[bytes, int, bool], object] = attrs.field(init=False)
+    _recv: Callable[[int], bytes] = attrs.field(init=False)
+    get: Callable[[int], object] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        compiled = zmq.backend.Socket  # the base class of zmq.Socket
+        self._send = MethodType(compiled.send, self.raw)
+        self._recv = MethodType(compiled.recv, self.raw)
+        self.get = MethodType(compiled.get, self.raw)
+
+    def send_frame(self, frame: bytes, flags: int) -> None:
+        """Send one frame; those past ``_COPY`` are lent to ZeroMQ (see there)."""
+        self._send(frame, flags, len(frame) < _COPY)
+
+    def recv(self) -> list[bytes]:
+        try:
+            frames = [self._recv(_NOBLOCK)]
+        except zmq.Again:
+            return []
+        # The rest of a multipart message is there once its first frame is (ZeroMQ delivers
+        # messages whole).
+        while self.get(_RCVMORE):
+            frames.append(self._recv(_NOBLOCK))
+        return frames
+
+    def send(self, frames: Sequence[bytes]) -> bool:
+        last = len(frames) - 1
+        for n, frame in enumerate(frames):
+            try:
+                self.send_frame(frame, _NOBLOCK if n == last else _SNDMORE)
+            except zmq.Again:
+                if n:  # cannot happen: ZeroMQ takes the rest once it took the first frame
+                    raise
+                return False
+        return True
 
 
 @attrs.define(eq=False)
@@ -104,6 +176,8 @@ class FrameSocket:
     raw: zmq.Socket[bytes]
     """The socket; used directly only for options (``xpub_nodrop``)."""
     port: int
+    keep_gil: bool = True
+    """Send and receive through :mod:`~trikernel.channels.keepgil` where it can."""
     _fd: int = attrs.field(init=False)
     _yielded: float = attrs.field(init=False, default=-1.0)
     """``time.monotonic()`` when a call last let other tasks run."""
@@ -116,20 +190,16 @@ class FrameSocket:
     """Set when the socket's events may have changed, for the tasks not on the descriptor."""
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     """Held for every ZeroMQ call, so :meth:`try_send_from_thread` can share the socket."""
-    _send_frame: Callable[[bytes, int, bool], object] = attrs.field(init=False)
-    _recv_frame: Callable[[int], bytes] = attrs.field(init=False)
+    _calls: MessageCalls = attrs.field(init=False)
     _get: Callable[[int], object] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._fd = cast("int", self.raw.getsockopt(zmq.FD))
-        # pyzmq's own send_multipart and recv_multipart are Python loops that combine enum
-        # flags and build an enum for every RCVMORE query; calling its compiled send, recv and
-        # get with plain int flags costs a third as much per message (~10 against ~27 µs for
-        # a 7-frame message sent and received).
-        compiled = zmq.backend.Socket  # the base class of zmq.Socket
-        self._send_frame = MethodType(compiled.send, self.raw)
-        self._recv_frame = MethodType(compiled.recv, self.raw)
-        self._get = MethodType(compiled.get, self.raw)
+        pyzmq = PyzmqCalls(self.raw)
+        self._get = pyzmq.get
+        # Calls that keep the GIL where they can be had (see keepgil for why, and the figures).
+        keep = socket_calls(self.raw, pyzmq.send_frame) if self.keep_gil else None
+        self._calls = pyzmq if keep is None else keep
 
     async def recv(self) -> list[bytes]:
         """Receive one multipart message.
@@ -139,15 +209,7 @@ class FrameSocket:
         """
         while True:
             with self._lock:
-                try:
-                    frames = [self._recv_frame(_NOBLOCK)]
-                except zmq.Again:
-                    frames = []
-                else:
-                    # The rest of a multipart message is there once its first frame is
-                    # (ZeroMQ delivers messages whole).
-                    while self._get(_RCVMORE):
-                        frames.append(self._recv_frame(_NOBLOCK))
+                frames = self._calls.recv()
             if not frames:
                 await self._wait(zmq.POLLIN)
                 continue
@@ -164,7 +226,7 @@ class FrameSocket:
     def try_send(self, frames: Sequence[bytes]) -> bool:
         """Send one multipart message if ZeroMQ takes it now; return whether it did."""
         with self._lock:
-            sent = self._send_now(frames)
+            sent = self._calls.send(frames)
         if sent:
             self._after_op()
         return sent
@@ -179,7 +241,7 @@ class FrameSocket:
         with self._lock:
             if self.raw.closed:
                 return False
-            sent = self._send_now(frames)
+            sent = self._calls.send(frames)
             waiting = self._waiting_for
             changed = sent and waiting and cast("int", self._get(_EVENTS)) & waiting
         if changed:
@@ -190,18 +252,6 @@ class FrameSocket:
             except trio.RunFinishedError:
                 pass
         return sent
-
-    def _send_now(self, frames: Sequence[bytes]) -> bool:
-        last = len(frames) - 1
-        for n, frame in enumerate(frames):
-            # Frames past _COPY are lent to ZeroMQ rather than copied (see there).
-            try:
-                self._send_frame(frame, _NOBLOCK if n == last else _SNDMORE, len(frame) < _COPY)
-            except zmq.Again:
-                if n:  # cannot happen: ZeroMQ takes the rest once it took the first frame
-                    raise
-                return False
-        return True
 
     async def checkpoint(self) -> None:
         """A cancellation point; a schedule point too if the socket's last one was a while ago
