@@ -48,6 +48,7 @@ _Msg = ctypes.Array[ctypes.c_uint64]
 """A ``zmq_msg_t``: 64 bytes, aligned as a pointer."""
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE) | _NOBLOCK
+_INT_MAX = (1 << 31) - 1
 
 
 @attrs.frozen
@@ -59,6 +60,7 @@ class _LibZmq:
     msg_init: Callable[[_Msg], int]
     msg_recv: Callable[[_Msg, ctypes.c_void_p, int], int]
     msg_data: Callable[[_Msg], int | None]
+    msg_size: Callable[[_Msg], int]
     msg_more: Callable[[_Msg], int]
     msg_close: Callable[[_Msg], int]
 
@@ -70,14 +72,16 @@ def _load() -> _LibZmq | None:
         # dlsym through the extension's handle also searches the libraries it depends on.
         lib = ctypes.PyDLL(_zmq.__file__, use_errno=True)
         send, msg_init, msg_recv = lib.zmq_send, lib.zmq_msg_init, lib.zmq_msg_recv
-        msg_data, msg_more, msg_close = lib.zmq_msg_data, lib.zmq_msg_more, lib.zmq_msg_close
+        msg_data, msg_size = lib.zmq_msg_data, lib.zmq_msg_size
+        msg_more, msg_close = lib.zmq_msg_more, lib.zmq_msg_close
     except (ImportError, OSError, AttributeError) as exc:
         log.debug("libzmq not reachable through ctypes (%s): pyzmq's calls are used", exc)
         return None
     for call in (send, msg_init, msg_recv, msg_more, msg_close):
         call.restype = ctypes.c_int
     msg_data.restype = ctypes.c_void_p
-    return _LibZmq(send, msg_init, msg_recv, msg_data, msg_more, msg_close)
+    msg_size.restype = ctypes.c_size_t
+    return _LibZmq(send, msg_init, msg_recv, msg_data, msg_size, msg_more, msg_close)
 
 
 _lib = _load()
@@ -158,6 +162,8 @@ class SocketCalls:
                 if code == errno.EAGAIN and not frames:
                     return frames
                 raise _error(code)
+            if size == _INT_MAX:  # what zmq_msg_recv says for any frame at least this long
+                size = lib.msg_size(msg)
             if size:
                 data = lib.msg_data(msg)
                 assert data is not None  # a frame with bytes has somewhere to hold them
