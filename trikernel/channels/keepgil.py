@@ -41,7 +41,9 @@ log = logging.getLogger("trikernel")
 SMALL_FRAME = 64 << 10
 """Frames up to this size are sent holding the GIL (pyzmq sends longer ones): copying a
 longer one into ZeroMQ takes long enough that letting other threads run meanwhile is worth
-the release."""
+the release. Frames of any size are received holding it: ZeroMQ hands over a received frame
+without copying, and the copy out of it holds the GIL in pyzmq too. A received frame past
+this size is released at once rather than at the next receive."""
 
 
 _Msg = ctypes.Array[ctypes.c_uint64]

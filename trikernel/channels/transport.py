@@ -12,8 +12,9 @@ Invariants:
 - Every call first tries the non-blocking ZeroMQ operation; only a socket that is not ready
   makes the task wait, on ZeroMQ's descriptor, through trio's own I/O wait
   (:func:`trio.lowlevel.wait_readable`). No helper task or thread is involved. The operation
-  keeps the GIL for frames up to 64 KiB (:mod:`~trikernel.channels.keepgil`, where libzmq
-  can be reached; else pyzmq's calls, which let it go for every frame).
+  keeps the GIL for every receive and for sends of frames up to 64 KiB
+  (:mod:`~trikernel.channels.keepgil`, where libzmq can be reached; else pyzmq's calls,
+  which let it go for every frame).
 - ZeroMQ's descriptor is edge-triggered: it becomes readable when the socket's state *may*
   have changed, and any operation on the socket (a send, a receive, reading ``EVENTS``) can
   consume that edge. So a task waits only after ``EVENTS`` said it must, and after every
