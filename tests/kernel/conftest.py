@@ -169,10 +169,13 @@ def start_kernel(start: dict[str, Any] | None = None, **manager_options: Any) ->
 
 
 def stop_kernel(k: Kernel) -> None:
+    """Shut the kernel down as a frontend does: a ``shutdown_request``, and a kill only if it
+    has not exited after the manager's wait. (Killed at once, a kernel cannot remove what it
+    keeps in the temporary folder, such as the debugger's cell files.)"""
     try:
         k.kc.stop_channels()
         if k.km.is_alive():
-            k.km.shutdown_kernel(now=True)
+            k.km.shutdown_kernel(now=False)
         else:
             k.km.cleanup_resources()
         # The manager's context outlives it otherwise, and is reported when collected.
