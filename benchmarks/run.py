@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import figures
+import psutil
 import zmq
 from kernels import (
     ASYNC_KERNEL_SPEC,
@@ -40,6 +41,8 @@ from kernels import (
 )
 
 HERE = Path(__file__).resolve().parent
+STEAL_WARNING = 5.0
+"""Percent of CPU time stolen over the run past which the run warns that figures are noisy."""
 
 # -- what is measured -------------------------------------------------------------------------
 
@@ -194,6 +197,8 @@ class Results:
     def __init__(self, labels: list[str]) -> None:
         self.labels = labels
         self.cells: dict[str, dict[str, Cell]] = {}
+        self.steal: dict[str, float] = {}
+        """Per figure, the share of CPU time stolen while it ran (see :class:`CpuSteal`)."""
 
     def cell(self, key: str, label: str) -> Cell:
         return self.cells.setdefault(key, {}).setdefault(label, Cell())
@@ -212,6 +217,28 @@ class Results:
 
 def log(msg: str) -> None:
     print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+class CpuSteal:
+    """The share of this machine's CPU time that its hypervisor gave to other guests (Linux's
+    "steal") since the reading was made; None where the system does not count it.
+
+    On a shared virtual machine this is noise no care in the run can remove: figures taken
+    while much time is stolen are not comparable with quiet ones.
+    """
+
+    def __init__(self) -> None:
+        self.start = psutil.cpu_times()
+
+    def percent(self) -> float | None:
+        end = psutil.cpu_times()
+        if not hasattr(end, "steal"):
+            return None
+        # Linux counts guest time inside user and nice: leave it out of the total.
+        fields = [f for f in end._fields if f not in ("guest", "guest_nice")]
+        total = sum(getattr(end, f) - getattr(self.start, f) for f in fields)
+        stolen = end.steal - self.start.steal
+        return 100 * stolen / total if total > 0 else None
 
 
 T0 = time.monotonic()
@@ -301,6 +328,7 @@ def run_figure(
 ) -> None:
     assert fig.rep is not None
     started = time.monotonic()
+    steal = CpuSteal()
     done: set[str] = set()
     for rep in range(fig.reps(params)):
         for k in rotated(kernels, rep):
@@ -319,7 +347,14 @@ def run_figure(
                 if isinstance(exc, figures.OutputMismatchError):
                     print(f"\n!!! OUTPUT VERIFICATION FAILED on {k.label}: {exc}\n", flush=True)
                 recover(k, params)
-    log(f"{fig.key}: done in {time.monotonic() - started:.1f} s")
+    stolen = steal.percent()
+    if stolen is not None:
+        results.steal[fig.key] = stolen
+    log(f"{fig.key}: done in {time.monotonic() - started:.1f} s{steal_note(stolen)}")
+
+
+def steal_note(stolen: float | None) -> str:
+    return "" if stolen is None else f", {stolen:.1f}% of CPU time stolen by the hypervisor"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -337,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline not in labels:
         print(f"note: baseline {args.baseline!r} is not run; ratios are left out")
     results = Results(list(labels))
+    steal = CpuSteal()
     load_before = os.getloadavg()[0]
     if load_before > 0.5:
         print(f"warning: load average {load_before:.2f} at start; figures will be noisy")
@@ -397,7 +433,17 @@ def run(args: argparse.Namespace) -> int:
     print(render_notes(params, notes, leftovers))
     loads = (load_before, os.getloadavg()[0])
     print(f"load average (1 min) at start / end: {loads[0]:.2f} / {loads[1]:.2f}")
-    save_json(args.json, results, labels, args, params, info, groups, notes, leftovers, loads)
+    stolen = steal.percent()
+    if stolen is not None:
+        print(f"CPU time stolen by the hypervisor during the run: {stolen:.1f}%")
+        if stolen > STEAL_WARNING:
+            print(
+                f"warning: over {STEAL_WARNING:g}% stolen: figures are noisier than on a quiet "
+                "machine (each figure's share is in the log above and in the JSON)"
+            )
+    save_json(
+        args.json, results, labels, args, params, info, groups, notes, leftovers, loads, stolen
+    )
     if any(c.error for per_kernel in results.cells.values() for c in per_kernel.values()):
         print(f"kernel logs (stdout and stderr): {log_dir}")
     else:
@@ -565,6 +611,10 @@ def render_notes(params: figures.Params, notes: list[str], leftovers: list[Any])
     return "\n".join(lines)
 
 
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
 def save_json(
     path: Path,
     results: Results,
@@ -576,6 +626,7 @@ def save_json(
     notes: list[str],
     leftovers: list[Any],
     loads: tuple[float, float],
+    stolen: float | None,
 ) -> None:
     per_figure: dict[str, Any] = {}
     for fig in FIGURES:
@@ -608,6 +659,7 @@ def save_json(
             "title": fig.title,
             "unit": fig.unit,
             "goal": goal,
+            "cpu_steal_percent": _rounded(results.steal.get(fig.key)),
             "kernels": per_kernel,
         }
     data = {
@@ -617,6 +669,7 @@ def save_json(
             "platform": platform.platform(),
             "python": platform.python_version(),
             "loadavg_start_end": loads,
+            "cpu_steal_percent": _rounded(stolen),
         },
         "trikernel_commit": git_state(),
         "quick": args.quick,
