@@ -136,8 +136,12 @@ class Mailbox(Generic[T]):
         """How many items wait (a hint in any thread but the consumer's)."""
         return len(self._items)
 
+    @trio.lowlevel.enable_ki_protection
     def put(self, item: T) -> None:
-        """Append ``item``; wake the consumer if this is the first item since its last batch."""
+        """Append ``item``; wake the consumer if this is the first item since its last batch.
+
+        KI-protected: an interrupt between marking the wake-up as scheduled and posting it
+        would leave the consumer asleep for good."""
         if self._put_by_bypass(item):
             return
         with self._lock:

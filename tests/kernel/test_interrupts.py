@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import random
 import signal
 import time
@@ -370,10 +371,11 @@ def test_stress_300_interrupts_at_random_moments(fresh_kernel: Kernel) -> None:
 
 
 def test_interrupts_while_a_cell_displays_cut_no_message(fresh_kernel: Kernel) -> None:
-    """``display()`` in a cell sends its message from the main thread when nothing else waits
-    (the io loop is not woken for it). An interrupt that lands in the middle of such a send
-    must not cut the message in two (the next one would be appended to its frames, and the
-    client would drop both as unsigned), nor lose one, nor stop the output for good."""
+    """``display()`` in a cell queues each message from the main thread, and the io loop sends
+    them. An interrupt that lands anywhere on that path must not lose a message or reorder
+    them, nor stop the output for good: one that landed between the queue's note that the io
+    loop was woken and the wake-up itself left the io loop asleep, and no output came again
+    (now the queue's changes are KI-protected)."""
     k = fresh_kernel
     rng = random.Random(20261202)
     cell = "from IPython.display import display\nfor i in range(10**6):\n    display(i)"
@@ -383,12 +385,37 @@ def test_interrupts_while_a_cell_displays_cut_no_message(fresh_kernel: Kernel) -
         # every kernel), then at a random moment: the randomness is the point of this test.
         msgs = k.iopub_until(msg_id, lambda m: m["msg_type"] == "display_data")
         time.sleep(rng.uniform(0, 0.02))
-        by_message(k) if n % 2 else by_signal(k)
-        reply = k.reply(msg_id)
+        reply = None
+        for attempt in range(3):
+            by_message(k) if n % 2 else by_signal(k)
+            try:
+                reply = k.reply(msg_id, timeout=TIMEOUT if attempt else 5)
+                break
+            except (AssertionError, queue.Empty):
+                # Now and then (about one interrupt in 500 here, under load) Python or IPython
+                # swallows the KeyboardInterrupt: raised in a generator's finalizer it is only
+                # printed ("Exception ignored in"), and raised in IPython's pretty printer its
+                # cleanup fails with an IndexError, which the formatter shows as an error output.
+                # The cell goes on, in ipykernel too; a user interrupts again. The check below
+                # tells this case from an interrupt the kernel lost.
+                continue
+        assert reply is not None, "three interrupts did not stop the cell"
         assert reply["content"]["status"] == "error", reply["content"]
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         msgs += k.until_idle(msg_id)
+        if attempt:
+            # The first KeyboardInterrupt is in the finalizer's report, or chained in the
+            # formatter's error output (not the cell's own, whose ename is KeyboardInterrupt).
+            swallowed = stream_text(msgs, "stderr") + "".join(
+                "".join(m["content"]["traceback"])
+                for m in outputs(msgs, "error")
+                if m["content"]["ename"] != "KeyboardInterrupt"
+            )
+            assert "KeyboardInterrupt" in swallowed, "an interrupt was lost"
         shown = [int(m["content"]["data"]["text/plain"]) for m in outputs(msgs, "display_data")]
-        assert shown == list(range(len(shown))), "a display was lost or came out of order"
+        assert shown == sorted(set(shown)), "a display came twice or out of order"
+        missing = sorted(set(range(shown[-1] + 1)) - set(shown))
+        # A display whose formatting a swallowed interrupt broke was never made.
+        assert len(missing) <= attempt, f"displays {missing} were lost"
     reply, msgs = k.execute("display('still here')")
     assert outputs(msgs, "display_data")[0]["content"]["data"]["text/plain"] == "'still here'"
