@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
 import trio
 
+from tests.unit.conftest import KIRecorder
 from trikernel.handoff import Mailbox
 
 
 async def test_an_interrupt_cannot_land_between_scheduling_a_wake_up_and_posting_it(
-    monkeypatch: pytest.MonkeyPatch,
+    ki_protection: KIRecorder,
 ) -> None:
     # put() runs on the main thread, also while user code runs there and SIGINT may raise.
     # Between noting the wake-up as scheduled and posting it, a KeyboardInterrupt would
     # leave the consumer asleep for good: nothing put afterwards would wake it.
     assert not trio.lowlevel.currently_ki_protected()
-    protected: list[bool] = []
-    post = Mailbox._post_wake
-
-    def recording_post(self: Mailbox[str]) -> None:
-        protected.append(trio.lowlevel.currently_ki_protected())
-        post(self)
-
-    monkeypatch.setattr(Mailbox, "_post_wake", recording_post)
+    protected = ki_protection(Mailbox, "_post_wake")
     mailbox: Mailbox[str] = Mailbox(trio.lowlevel.current_trio_token())
     mailbox.put("reply")
     assert protected == [True]

@@ -5,10 +5,10 @@ No sockets: the test takes batches from the queue as ``serve_iopub`` does.
 
 from __future__ import annotations
 
-import pytest
 import trio
 import trio.testing
 
+from tests.unit.conftest import KIRecorder
 from trikernel.channels.iopub import MAX_PENDING_MESSAGES, IOPubQueue
 from trikernel.protocol import Session
 
@@ -39,22 +39,16 @@ async def test_every_task_waiting_for_room_is_woken_when_the_queue_is_taken() ->
 
 
 async def test_an_interrupt_cannot_land_between_a_change_and_its_wake_up(
-    monkeypatch: pytest.MonkeyPatch,
+    ki_protection: KIRecorder,
 ) -> None:
     # A cell's print() or display() changes the queue from the main thread while user code
     # runs, where SIGINT raises KeyboardInterrupt unless the frame is KI-protected. Raised
     # after _mark noted the io loop as woken but before the wake-up went out, it left the
     # io loop asleep: no output came again (about once in 300 interrupts of a displaying
-    # cell, on a busy machine). Every change must run protected; this task itself is user code (unprotected).
+    # cell, on a busy machine). Every change must run protected; this task itself is user
+    # code (unprotected).
     assert not trio.lowlevel.currently_ki_protected()
-    protected: list[bool] = []
-    mark = IOPubQueue._mark
-
-    def recording_mark(self: IOPubQueue, *, urgent: bool) -> bool:
-        protected.append(trio.lowlevel.currently_ki_protected())
-        return mark(self, urgent=urgent)
-
-    monkeypatch.setattr(IOPubQueue, "_mark", recording_mark)
+    protected = ki_protection(IOPubQueue, "_mark")
     session = Session(b"")
     queue = IOPubQueue(session, trio.lowlevel.current_trio_token())
     queue.publish(session.msg("status", {"execution_state": "busy"}))
