@@ -293,7 +293,7 @@ class Kernel:
         # ~35 ms; 1 ms costs a busy cell nothing measurable, because switches only happen
         # while the io thread has work.
         sys.setswitchinterval(0.001)
-        # sys.excepthook too: a cell runs with IPython's (see TrikernelShell.run_code), and an
+        # sys.excepthook too: a cell runs with IPython's (see ZMQInteractiveShell.run_code), and an
         # error that ends the kernel while a cell is unfinished must be printed by Python's.
         # IPython 8's prints an exception group as the bare line "NoneType: None".
         saved = sys.stdout, sys.stderr, sys.excepthook
@@ -343,11 +343,17 @@ class Kernel:
 
                 # IPython starts its history thread here.
                 with main_thread_signals_only():
-                    self.shell = make_shell(self, history=self.settings.shell.history)
+                    self.shell = make_shell(
+                        self,
+                        history=self.settings.shell.history,
+                        profile=self.settings.shell.profile,
+                    )
                 self.comm_manager = install_comms(self)
                 self.background = BackgroundTasks(self)
                 await nursery.start(self.background.serve)
                 background.tasks = self.background
+                # Before the first cell, as in ipykernel; execute requests wait meanwhile.
+                self.shell.run_startup()
                 await nursery.start(self._serve_shell_requests)
                 # What is loaded by now (IPython, trio, the kernel: some 36,000 objects) lives
                 # as long as the kernel. Frozen, Python's cyclic collector no longer walks it:

@@ -41,6 +41,11 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float |
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def _profile_name(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value or "/" in value or "\\" in value:
+        raise ValueError(f"{attribute.name} must be a profile's name, not a path, got {value!r}")
+
+
 def _upper(value: object) -> str:
     return str(value).upper()
 
@@ -57,6 +62,10 @@ class ExecutionSettings:
 
     history: bool = True
     """Keep IPython's SQLite history (off: an in-memory history for this run only)."""
+
+    profile: str = attrs.field(default="default", validator=_profile_name)
+    """The IPython profile (in ``IPYTHONDIR``, ``~/.ipython`` by default) whose config files
+    configure the shell and whose startup files and ``exec_lines`` run before the first cell."""
 
 
 @attrs.frozen(kw_only=True)

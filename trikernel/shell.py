@@ -2,12 +2,12 @@
 
 IPython does the Python: transforming cells (magics, ``!cmd``, ``?``), compiling, top-level
 ``await``, the displayhook, history, completion and inspection. This module adapts it to the
-kernel in six places:
+kernel in seven places:
 
-- :meth:`TrikernelShell.run_cell_trio` replaces ``run_cell``, which cannot be called inside a
+- :meth:`ZMQInteractiveShell.run_cell_trio` replaces ``run_cell``, which cannot be called inside a
   running loop: it transforms the cell, awaits ``run_cell_async`` on the kernel's trio loop,
   and fires the events ``run_cell`` would.
-- :meth:`TrikernelShell.run_code` replaces IPython's, whose bare ``except:`` would swallow
+- :meth:`ZMQInteractiveShell.run_code` replaces IPython's, whose bare ``except:`` would swallow
   ``trio.Cancelled``. A cancellation is recorded (the cell stops; the kernel's request handler
   re-raises it at its next checkpoint) and every other exception is shown as IPython shows it.
 - Output goes to the kernel: the displayhook sends ``execute_result``, the display publisher
@@ -17,10 +17,13 @@ kernel in six places:
   takes to store its input (:class:`_History`): no cell waits for SQLite's fsync.
 - A cell's code is named after a hash of its source (:class:`_CellCompiler`), the file name a
   debugger frontend gives the cell, so its breakpoints hit (see :mod:`trikernel.debugger`).
+- The user's IPython profile is read as ipykernel reads it (:class:`IPythonProfile`): its config
+  files configure the shell, its startup files and ``exec_lines`` run before the first cell.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import sqlite3
 import sys
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from IPython.core import page, payloadpage
+from IPython.core.application import BaseIPythonApplication
 from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.compilerop import CachingCompiler
 from IPython.core.completer import provisionalcompleter, rectify_completions
@@ -41,9 +45,10 @@ from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.history import HistoryManager
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
+from IPython.core.shellapp import InteractiveShellApp
 from IPython.utils.tokenutil import token_at_cursor
 from traitlets import Any as AnyTrait
-from traitlets import Instance, Type, default
+from traitlets import Instance, TraitError, Type, default
 from traitlets.config import Config
 
 if sys.version_info < (3, 11):
@@ -55,7 +60,7 @@ from .execution import DeadlineExceeded
 if TYPE_CHECKING:
     from .kernel import Kernel
 
-__all__ = ["TrikernelShell"]
+__all__ = ["ZMQInteractiveShell"]
 
 log = logging.getLogger("trikernel")
 
@@ -200,8 +205,14 @@ class _CellCompiler(CachingCompiler):
         return cell_path(raw_code)
 
 
-class TrikernelShell(InteractiveShell):
-    """IPython's InteractiveShell, running on the kernel's trio loop."""
+class ZMQInteractiveShell(InteractiveShell):
+    """IPython's InteractiveShell, running on the kernel's trio loop.
+
+    Named as ipykernel's shell is, on purpose: libraries tell a Jupyter frontend (which shows
+    HTML, widgets, images) from a terminal by that name. rich and many progress bars test
+    ``type(get_ipython()).__name__ == "ZMQInteractiveShell"``, pandas looks for "zmq" in the
+    type; under any other name they would print for a terminal into the notebook.
+    """
 
     kernel = AnyTrait()  # the Kernel; a traitlet so IPython's constructor accepts it
     compiler_class = Type(_CellCompiler)
@@ -223,6 +234,8 @@ class TrikernelShell(InteractiveShell):
         """The exception ``last_error`` shows: set when it is published, cleared when IPython 9
         stores it in history or when the next cell starts (IPython 8 never stores it)."""
         self.keepkernel_on_exit: bool | None = None
+        self._profile: IPythonProfile | None = None
+        """The profile whose startup code :meth:`run_startup` runs (once)."""
         # `print?` and `%page` page through a payload, not a terminal pager.
         self.set_hook("show_in_pager", page.as_hook(payloadpage.page), 99)
         # Top-level await always means the kernel's trio loop (run_cell_trio awaits it there).
@@ -439,6 +452,29 @@ class TrikernelShell(InteractiveShell):
         }
         self._last_error_of = evalue
         self.kernel.publish("error", self.last_error)
+        if self.kernel.parent() is None:
+            # Before the first request (the profile's startup code): no frontend shows an error
+            # that answers no request, so the kernel's log must.
+            log.warning(
+                "error in the IPython profile's startup code:\n%s",
+                "".join(traceback.format_exception(etype, evalue, evalue.__traceback__)),
+            )
+
+    def run_startup(self) -> None:
+        """Run the profile's startup code (see :class:`IPythonProfile`), as ipykernel does
+        before its first cell. Errors are shown and logged; the kernel starts regardless."""
+        profile, self._profile = self._profile, None
+        if profile is None:
+            return
+        profile.shell = self
+        try:
+            profile.init_gui_pylab()
+            profile.init_extensions()
+            profile.init_code()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # IPython handles every other error itself; these two it lets through, and in
+            # the kernel's main task they would end the kernel.
+            self.showtraceback((type(exc), exc, exc.__traceback__), exception_only=True)
 
     @property
     def _payloads(self) -> Any:
@@ -670,19 +706,87 @@ def _split_cancelled(
     return None, exc
 
 
-def make_shell(kernel: Kernel, *, history: bool) -> TrikernelShell:
+class IPythonProfile(BaseIPythonApplication, InteractiveShellApp):
+    """The user's IPython profile, read as ipykernel reads it.
+
+    Config: ``ipython_config.py``, then ``ipython_kernel_config.py`` (and their ``.json``
+    twins), from the profile's folder and IPython's system folders. The ``IPKernelApp``
+    section of those files, ipykernel's name for this job, counts as ``InteractiveShellApp``'s
+    (``exec_lines``, ``extensions``, ``matplotlib``...). Startup, before the first cell:
+    ``matplotlib`` / ``pylab``, ``extensions``, then the ``startup/`` files, ``PYTHONSTARTUP``,
+    ``exec_lines`` and ``exec_files``.
+
+    IPython's own application classes do all of it; this one leaves out only what belongs to a
+    terminal program: the command line, and the crash handler that would take over
+    ``sys.excepthook``.
+    """
+
+    # (Not named with a leading underscore: traitlets takes no config section for such names.)
+
+    name = "ipython-kernel"  # whose config file is ipython_kernel_config.py, as ipykernel's
+
+    def init_crash_handler(self) -> None:
+        pass
+
+
+def _load_profile(name: str) -> IPythonProfile | None:
+    """The profile ``name`` with its config loaded; None, logged, if it cannot be used."""
+    profile = IPythonProfile(profile=name, auto_create=True, log=log)
+    try:
+        profile.init_profile_dir()
+        profile.init_config_files()
+        profile.load_config_file()
+        kernel_app = profile.config.IPKernelApp
+        ours = {
+            key: kernel_app[key]
+            for key in InteractiveShellApp.class_trait_names(config=True)
+            if key in kernel_app
+        }
+        profile.update_config(Config({type(profile).__name__: ours}))
+    except (Exception, SystemExit):  # IPython's application exits on a bad profile
+        log.exception("IPython profile %r could not be loaded; the kernel starts without it", name)
+        return None
+    return profile
+
+
+def make_shell(kernel: Kernel, *, history: bool, profile: str = "default") -> ZMQInteractiveShell:
     """Create the process's shell (IPython keeps one instance per process).
 
     Args:
         kernel: where the shell's output goes.
         history: keep IPython's SQLite history; False keeps it in memory for this run only.
+        profile: the IPython profile whose config and startup code to use (see
+            :class:`IPythonProfile`); :meth:`ZMQInteractiveShell.run_startup` runs the code.
     """
-    config = Config()
+    loaded = _load_profile(profile)
+    ours = Config()
     # history_request can ask for outputs; keep them in the database so they outlive a restart.
-    config.HistoryManager.db_log_output = True
+    ours.HistoryManager.db_log_output = True
     if not history:
-        config.HistoryManager.hist_file = ":memory:"
-    shell: TrikernelShell = TrikernelShell.instance(kernel=kernel, config=config)
+        ours.HistoryManager.hist_file = ":memory:"
+    if kernel.connection_file is not None:
+        # Where ipykernel's command line puts it: libraries test
+        # `"IPKernelApp" in get_ipython().config` to know they run in a Jupyter kernel.
+        ours.IPKernelApp.connection_file = str(kernel.connection_file)
+    shell: ZMQInteractiveShell | None = None
+    if loaded is not None:
+        config = copy.deepcopy(loaded.config)
+        config.merge(ours)
+        try:
+            shell = ZMQInteractiveShell.instance(
+                kernel=kernel, config=config, profile_dir=loaded.profile_dir
+            )
+        except TraitError as exc:
+            # A value of the wrong type for the shell or one of its parts (history, completer,
+            # formatters): IPython checks those only now.
+            # (No traceback: the message names the setting and the value; IPython's frames
+            # would only bury it.)
+            message = "IPython profile %r: %s; the kernel starts without it"
+            log.error(message, profile, exc)  # noqa: TRY400
+            loaded = None
+    if shell is None:
+        shell = ZMQInteractiveShell.instance(kernel=kernel, config=ours)
+    shell._profile = loaded
     _install_input(kernel)
     return shell
 

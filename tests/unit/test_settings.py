@@ -21,6 +21,7 @@ ALL_PATHS = {
     "shell.timeout",
     "shell.stop_on_error_timeout",
     "shell.history",
+    "shell.profile",
     "streams.flush_interval",
     "streams.max_batch_bytes",
     "streams.max_pending_bytes",
@@ -64,6 +65,7 @@ def test_every_listed_path_can_be_set() -> None:
         ),
         ({"streams.max_batch_bytes": 0}, KernelSettings(streams=StreamSettings(max_batch_bytes=0))),
         ({"shell.history": False}, KernelSettings(shell=ExecutionSettings(history=False))),
+        ({"shell.profile": "work"}, KernelSettings(shell=ExecutionSettings(profile="work"))),
         ({"iopub.hwm": "0"}, KernelSettings(iopub=IOPubSettings(hwm=0))),
         ({"iopub.stall_timeout": 2}, KernelSettings(iopub=IOPubSettings(stall_timeout=2.0))),
         (
@@ -80,6 +82,7 @@ def test_every_listed_path_can_be_set() -> None:
         "int-str",
         "int",
         "bool",
+        "str",
         "hwm-off",
         "stall-int",
         "replies-stall-str",
@@ -205,6 +208,12 @@ def test_negative_values_are_refused_naming_the_key(key: str, value: object) -> 
 def test_nan_is_refused(key: str) -> None:
     with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
         parse_settings({key: "nan"})
+
+
+@pytest.mark.parametrize("value", ["", "../elsewhere", "a/b", "a\\b"])
+def test_a_profile_must_be_a_name_not_a_path(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"shell\.profile.*not a path"):
+        parse_settings({"shell.profile": value})
 
 
 def test_infinite_timeout_means_no_deadline() -> None:

@@ -1,0 +1,130 @@
+"""The user's IPython profile (config files, startup files, exec_lines), used as ipykernel uses
+it; and what libraries check to know they run in a Jupyter kernel.
+
+Each test writes a profile of its own into the test session's ``IPYTHONDIR`` and starts a
+kernel with ``--shell.profile=<name>``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.kernel.conftest import Kernel, outputs, start_kernel, stop_kernel, stream_text
+
+
+def write_profile(files: dict[str, str]) -> str:
+    """A new profile holding ``files`` (paths relative to its folder); return its name."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    folder = Path(os.environ["IPYTHONDIR"]) / f"profile_{name}"
+    for relative, text in files.items():
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return name
+
+
+@contextmanager
+def kernel_with_profile(files: dict[str, str]) -> Iterator[Kernel]:
+    """A kernel started with a new profile made of ``files``."""
+    k = start_kernel({"extra_arguments": [f"--shell.profile={write_profile(files)}"]})
+    try:
+        yield k
+    finally:
+        stop_kernel(k)
+
+
+def results(kernel: Kernel, code: str) -> list[str]:
+    reply, msgs = kernel.execute(code)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return [m["content"]["data"]["text/plain"] for m in outputs(msgs, "execute_result")]
+
+
+def test_profile_configures_the_shell_and_runs_its_startup_code() -> None:
+    with kernel_with_profile(
+        {
+            "startup/00-first.py": "ORDER = ['startup .py']\n",
+            "startup/10-second.ipy": (
+                "ORDER.append('startup .ipy')\n%env TRIKERNEL_PROFILE_ENV=set\n"
+            ),
+            "ipython_config.py": (
+                "c.InteractiveShell.ast_node_interactivity = 'all'\n"
+                "c.InteractiveShellApp.exec_lines = ['ORDER.append(\"overridden\")']\n"
+            ),
+            "ipython_kernel_config.py": (
+                "c.IPKernelApp.exec_lines = ['ORDER.append(\"kernel exec_lines\")']\n"
+                "c.IPKernelApp.extensions = ['autoreload']\n"
+            ),
+        }
+    ) as k:
+        # As in ipykernel: startup files in name order, then exec_lines; the IPKernelApp
+        # section of ipython_kernel_config over ipython_config's InteractiveShellApp.
+        assert results(k, "ORDER") == ["['startup .py', 'startup .ipy', 'kernel exec_lines']"]
+        # ast_node_interactivity = 'all': every expression of the cell is shown.
+        assert results(k, "1\n2") == ["1", "2"]
+        assert results(
+            k,
+            "import os\n"
+            "(os.environ['TRIKERNEL_PROFILE_ENV'],"
+            " 'autoreload' in get_ipython().magics_manager.magics['line'],"
+            " 'ORDER' in get_ipython().run_line_magic('who_ls', ''))",
+        ) == ["('set', True, False)"]  # what the startup code defined is hidden from %who
+
+
+def test_failing_startup_code_is_logged_and_the_kernel_serves() -> None:
+    with kernel_with_profile(
+        {
+            "startup/00-fails.py": "print('before the error')\n1 / 0\n",
+            "startup/50-exits.py": "raise SystemExit(3)\n",
+            "ipython_kernel_config.py": "c.IPKernelApp.exec_lines = ['import sys; sys.exit(4)']\n",
+        }
+    ) as k:
+        reply, msgs = k.execute("print('cell runs')")
+        assert reply["content"]["status"] == "ok"
+        assert stream_text(msgs) == "cell runs\n"
+        log = k.log.read_text()
+        assert "error in the IPython profile's startup code" in log
+        assert "ZeroDivisionError" in log
+
+
+def test_profile_with_a_bad_value_is_refused_in_the_log() -> None:
+    with kernel_with_profile(
+        {
+            "ipython_config.py": "c.InteractiveShell.ast_node_interactivity = 42\n",
+            "startup/00-never.py": "RAN = True\n",
+        }
+    ) as k:
+        assert results(k, "1\n2\n'RAN' in globals()") == ["False"]
+        log = k.log.read_text()
+        assert "the kernel starts without it" in log
+        assert "ast_node_interactivity" in log
+
+
+def test_a_config_file_that_does_not_parse_is_skipped() -> None:
+    with kernel_with_profile(
+        {
+            "ipython_config.py": "c.InteractiveShell.ast_node_interactivity = (\n",
+            "ipython_kernel_config.py": "c.IPKernelApp.exec_lines = ['LOADED = True']\n",
+        }
+    ) as k:
+        # IPython's own rule: the file is logged and skipped, the others still apply.
+        assert results(k, "LOADED") == ["True"]
+        assert "ipython_config.py" in k.log.read_text()
+
+
+def test_libraries_see_a_jupyter_kernel(kernel: Kernel) -> None:
+    """The tests libraries use to choose notebook output over terminal output say "Jupyter"
+    (rich's and many progress bars' class name, pandas' "zmq", the IPKernelApp section)."""
+    assert results(
+        kernel,
+        "ip = get_ipython()\n"
+        "(type(ip).__name__, 'zmq' in str(type(ip)).lower(), 'IPKernelApp' in ip.config)",
+    ) == ["('ZMQInteractiveShell', True, True)"]
+    reply, msgs = kernel.execute("import rich\nrich.print('[bold]bold[/bold]')")
+    assert reply["content"]["status"] == "ok"
+    [shown] = outputs(msgs, "display_data")
+    assert "font-weight: bold" in shown["content"]["data"]["text/html"]
+    assert not outputs(msgs, "stream")
