@@ -245,6 +245,15 @@ class Kernel:
         """The request output made now belongs to."""
         return current_request.get() or self._last_parent
 
+    def flush_output(self) -> None:
+        """Queue the text written so far ahead of whatever is published next: what waits in
+        ``sys.stdout`` and ``sys.stderr`` and, on the main thread (the pipes' reader besides
+        the io loop), what was written to their file descriptors, by a subprocess say."""
+        if threading.current_thread() is threading.main_thread():
+            self._fd_captures.drain()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
     def publish(
         self,
         msg_type: str,
@@ -397,9 +406,7 @@ class Kernel:
             log.warning("shutdown: cancelled requests still ran after %g s; going on", grace)
         await self.background.aclose(grace)
         background.tasks = None
-        self._fd_captures.drain()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        self.flush_output()
 
     async def _serve_io(self, started: Callable[[dict[Channel, int]], None]) -> NoReturn:
         self._io_token = trio.lowlevel.current_trio_token()
@@ -1071,8 +1078,7 @@ class Kernel:
         request = current_request.get()
         if request is None or not request.content.get("allow_stdin", True):
             return None
-        sys.stdout.flush()
-        sys.stderr.flush()
+        self.flush_output()
         return self.session.msg(
             "input_request", {"prompt": prompt, "password": password}, parent=request
         )

@@ -82,10 +82,10 @@ class _DisplayHook(DisplayHook):
         self._content["metadata"] = md_dict or {}
 
     def finish_displayhook(self) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        kernel = _kernel_of(self.shell)
+        kernel.flush_output()  # what the cell wrote goes before its result
         if "data" in self._content:
-            _kernel_of(self.shell).publish("execute_result", self._content)
+            kernel.publish("execute_result", self._content)
         super().finish_displayhook()
 
 
@@ -102,18 +102,17 @@ class _DisplayPublisher(DisplayPublisher):
         update: bool = False,
         **kwargs: Any,
     ) -> None:
-        # Text printed before the display must reach the frontend before it.
-        sys.stdout.flush()
-        sys.stderr.flush()
+        kernel = _kernel_of(self.shell)
+        kernel.flush_output()  # text written before the display goes before it
         content: dict[str, Any] = {"data": data, "metadata": metadata or {}}
         content["transient"] = transient or {}
         msg_type = "update_display_data" if update else "display_data"
-        _kernel_of(self.shell).publish(msg_type, content)
+        kernel.publish(msg_type, content)
 
     def clear_output(self, wait: bool = False) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        _kernel_of(self.shell).publish("clear_output", {"wait": bool(wait)})
+        kernel = _kernel_of(self.shell)
+        kernel.flush_output()
+        kernel.publish("clear_output", {"wait": bool(wait)})
 
 
 # IPython's save thread, once woken, writes when no cell was stored for _HISTORY_LINGER
@@ -352,8 +351,7 @@ class ZMQInteractiveShell(InteractiveShell):
                     self.showtraceback(exception_only=True)
                     print("To exit: use 'exit', 'quit', or Ctrl-D.", file=sys.stderr)
                 elif isinstance(rest, (KeyboardInterrupt, DeadlineExceeded)):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
+                    self.kernel.flush_output()
                     self.show_interruption(rest)
                 else:
                     # Start the traceback below this frame: IPython 9 would otherwise report it
@@ -443,8 +441,7 @@ class ZMQInteractiveShell(InteractiveShell):
     # -- output ------------------------------------------------------------------------------
 
     def _showtraceback(self, etype: type[BaseException], evalue: BaseException, stb: Any) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        self.kernel.flush_output()
         self.last_error = {
             "ename": etype.__name__,
             "evalue": str(evalue),

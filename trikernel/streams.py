@@ -81,9 +81,10 @@ class FdCapture:
     """Output written to a file descriptor (C ``printf``, ``os.write(1, ...)``, subprocesses).
 
     The descriptor is pointed at a pipe; the io loop reads the pipe as it fills
-    (:meth:`serve`) and the main thread drains it before a request's ``idle`` (:meth:`drain`),
-    so text written at the descriptor level reaches the same cell as ``print`` does. Both
-    readers take one lock around read-and-queue, which keeps the text in order.
+    (:meth:`serve`) and the main thread drains it before a request's ``idle`` and before what a
+    cell shows (:meth:`drain`, through ``Kernel.flush_output``), so text written at the
+    descriptor level reaches the same cell as ``print`` does, in its place. Both readers take
+    one lock around read-and-queue, which keeps the text in order.
 
     The pipe is made as large as the OS allows (1 MiB on Linux by default): a C extension that
     writes while holding the GIL would block on a full pipe, and the io loop needs the GIL to

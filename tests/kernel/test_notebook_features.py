@@ -201,6 +201,30 @@ def test_fd_level_output_reaches_the_cell_in_order(kernel: Kernel) -> None:
     assert stream_text(msgs, "stderr") == "fd stderr\n"
 
 
+def test_fd_level_output_comes_before_what_the_cell_shows_next(kernel: Kernel) -> None:
+    # Text written to a descriptor is read from a pipe, not queued as it is written: the
+    # display, result and error right after it must not overtake it.
+    msgs = ok(
+        kernel,
+        "import os\n"
+        "os.write(1, b'before the display\\n')\n"
+        "display('shown')\n"
+        "os.write(1, b'before the result\\n')",
+    )
+    shown = [
+        m["content"].get("text") or m["content"]["data"]["text/plain"]
+        for m in merge_streams(msgs)
+        if m["msg_type"] in ("stream", "display_data", "execute_result")
+    ]
+    assert shown == ["before the display\n", "'shown'", "before the result\n", "18"]
+    reply, msgs = kernel.execute("os.write(2, b'before the error\\n'); 1 / 0")
+    assert reply["content"]["ename"] == "ZeroDivisionError"
+    assert [m["msg_type"] for m in msgs if m["msg_type"] in ("stream", "error")] == [
+        "stream",
+        "error",
+    ]
+
+
 # -- magics and shell commands ------------------------------------------------------------
 
 
