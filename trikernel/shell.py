@@ -527,6 +527,10 @@ class ZMQInteractiveShell(InteractiveShell):
             bundle = self.object_inspect_mime(name, detail_level=detail_level)
         except Exception:
             return {"found": False, "data": {}, "metadata": {}}
+        if not self.enable_html_pager:
+            # IPython makes HTML help too; frontends prefer it to the text, so it is sent only
+            # where the profile asks for it, as in ipykernel.
+            bundle.pop("text/html", None)
         return {"found": True, "data": bundle, "metadata": {}}
 
     def history_for(self, content: Mapping[str, Any]) -> list[tuple[Any, ...]]:

@@ -64,7 +64,7 @@ def test_profile_configures_the_shell_and_runs_its_startup_code() -> None:
         # section of ipython_kernel_config over ipython_config's InteractiveShellApp.
         assert results(k, "ORDER") == ["['startup .py', 'startup .ipy', 'kernel exec_lines']"]
         # ast_node_interactivity = 'all': every expression of the cell is shown.
-        assert results(k, "1\n2") == ["1", "2"]
+        assert results(k, "3\n4") == ["3", "4"]
         assert results(
             k,
             "import os\n"
@@ -97,7 +97,7 @@ def test_profile_with_a_bad_value_is_refused_in_the_log() -> None:
             "startup/00-never.py": "RAN = True\n",
         }
     ) as k:
-        assert results(k, "1\n2\n'RAN' in globals()") == ["False"]
+        assert results(k, "3\n4\n'RAN' in globals()") == ["False"]
         log = k.log.read_text()
         assert "the kernel starts without it" in log
         assert "ast_node_interactivity" in log
@@ -113,6 +113,20 @@ def test_a_config_file_that_does_not_parse_is_skipped() -> None:
         # IPython's own rule: the file is logged and skipped, the others still apply.
         assert results(k, "LOADED") == ["True"]
         assert "ipython_config.py" in k.log.read_text()
+
+
+def inspect_data(kernel: Kernel, code: str) -> dict[str, str]:
+    reply = kernel.reply(kernel.kc.inspect(code, len(code), 0))
+    assert reply["content"]["found"], reply["content"]
+    return dict(reply["content"]["data"])
+
+
+def test_help_is_html_only_where_the_profile_asks_for_it(kernel: Kernel) -> None:
+    assert set(inspect_data(kernel, "print")) == {"text/plain"}
+    with kernel_with_profile(
+        {"ipython_config.py": "c.InteractiveShell.enable_html_pager = True\n"}
+    ) as k:
+        assert set(inspect_data(k, "print")) == {"text/plain", "text/html"}
 
 
 def test_libraries_see_a_jupyter_kernel(kernel: Kernel) -> None:
