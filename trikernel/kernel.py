@@ -245,6 +245,24 @@ class Kernel:
         """The request output made now belongs to."""
         return current_request.get() or self._last_parent
 
+    def get_parent(self, channel: str | None = None) -> dict[str, Any]:
+        """:meth:`parent` as ipykernel's ``get_parent`` gives it: the message as a dict, or
+        ``{}``. ipywidgets' ``Output`` widget captures what a cell or a callback shows by
+        taking ``["header"]["msg_id"]`` from it. (``channel`` is ipykernel's and changes
+        nothing: the parent is that of the running task's request, on whichever channel.)"""
+        msg = self.parent()
+        if msg is None:
+            return {}
+        return {
+            "header": msg.header.to_dict(),
+            "msg_id": msg.msg_id,
+            "msg_type": msg.msg_type,
+            "parent_header": dict(msg.parent_header),
+            "metadata": dict(msg.metadata),
+            "content": dict(msg.content),
+            "buffers": list(msg.buffers),
+        }
+
     def flush_output(self) -> None:
         """Queue the text written so far ahead of whatever is published next: what waits in
         ``sys.stdout`` and ``sys.stderr`` and, on the main thread (the pipes' reader besides

@@ -129,6 +129,55 @@ def test_cell_awaiting_a_widget_change_completes(kernel: Kernel) -> None:
     assert stream_text(kernel.until_idle(cell)) == "knob is now 5\n"
 
 
+def _output_widget_events(msgs: list[dict], comm_id: str) -> list[str]:
+    """What an Output widget's frontend sees: its capture switched on (for a request's msg_id)
+    and off, and the text around it."""
+    events = []
+    for m in merge_streams(msgs):
+        if m["msg_type"] == "stream":
+            events.append(m["content"]["text"])
+        elif m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == comm_id:
+            state = m["content"]["data"].get("state", {})
+            if "msg_id" in state:
+                events.append(f"capture {state['msg_id'] or 'off'}")
+    return events
+
+
+def test_output_widget_captures_a_cell_and_a_callback(kernel: Kernel) -> None:
+    # The frontend puts output whose parent is the widget's msg_id into the widget; the
+    # widget takes that id from the kernel's current request (ipykernel's get_parent).
+    msg_id = kernel.kc.execute(
+        "import comm, ipywidgets\n"
+        "out = ipywidgets.Output()\n"
+        "with out:\n"
+        "    print('inside')\n"
+        "print('outside')\n"
+        "def on_open(c, msg):\n"
+        "    @c.on_msg\n"
+        "    @out.capture()\n"
+        "    def on_msg(msg):\n"
+        "        print('in the callback')\n"
+        "comm.get_comm_manager().register_target('capture', on_open)"
+    )
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    msgs = kernel.until_idle(msg_id)
+    comm_id = _widget_comm_id(msgs, "OutputModel")
+    assert _output_widget_events(msgs, comm_id) == [
+        f"capture {msg_id}",
+        "inside\n",
+        "capture off",
+        "outside\n",
+    ]
+    target = uuid.uuid4().hex
+    send_comm(kernel, "comm_open", {"comm_id": target, "target_name": "capture", "data": {}})
+    callback = send_comm(kernel, "comm_msg", {"comm_id": target, "data": {}})
+    assert _output_widget_events(kernel.until_idle(callback), comm_id) == [
+        f"capture {callback}",
+        "in the callback\n",
+        "capture off",
+    ]
+
+
 # -- display and plots ---------------------------------------------------------------------
 
 
