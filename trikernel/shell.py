@@ -468,9 +468,10 @@ class ZMQInteractiveShell(InteractiveShell):
             profile.init_gui_pylab()
             profile.init_extensions()
             profile.init_code()
-        except (KeyboardInterrupt, SystemExit) as exc:
-            # IPython handles every other error itself; these two it lets through, and in
-            # the kernel's main task they would end the kernel.
+        except (Exception, KeyboardInterrupt, SystemExit) as exc:
+            # IPython shows most errors itself, but lets these through (and any, with
+            # `reraise_ipython_extension_failures`); in the kernel's main task they would end
+            # the kernel.
             self.showtraceback((type(exc), exc, exc.__traceback__), exception_only=True)
 
     @property

@@ -115,6 +115,22 @@ def test_a_config_file_that_does_not_parse_is_skipped() -> None:
         assert "ipython_config.py" in k.log.read_text()
 
 
+def test_an_extension_that_fails_to_load_is_logged_and_the_kernel_serves() -> None:
+    with kernel_with_profile(
+        {
+            "ipython_kernel_config.py": (
+                "c.IPKernelApp.extensions = ['no_such_extension_anywhere']\n"
+                # IPython raises it then, rather than only logging it.
+                "c.IPKernelApp.reraise_ipython_extension_failures = True\n"
+            )
+        }
+    ) as k:
+        assert results(k, "'serving'") == ["'serving'"]
+        log = k.log.read_text()
+        assert "error in the IPython profile's startup code" in log
+        assert "no_such_extension_anywhere" in log
+
+
 def inspect_data(kernel: Kernel, code: str) -> dict[str, str]:
     reply = kernel.reply(kernel.kc.inspect(code, len(code), 0))
     assert reply["content"]["found"], reply["content"]
