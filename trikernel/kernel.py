@@ -320,8 +320,8 @@ class Kernel:
         # ~35 ms; 1 ms costs a busy cell nothing measurable, because switches only happen
         # while the io thread has work.
         sys.setswitchinterval(0.001)
-        # sys.excepthook too: a cell runs with IPython's (see ZMQInteractiveShell.run_code), and an
-        # error that ends the kernel while a cell is unfinished must be printed by Python's.
+        # sys.excepthook too: a cell runs with IPython's (see ZMQInteractiveShell.run_code), and
+        # an error that ends the kernel while a cell is unfinished must be printed by Python's.
         # IPython 8's prints an exception group as the bare line "NoneType: None".
         saved = sys.stdout, sys.stderr, sys.excepthook
         try:
