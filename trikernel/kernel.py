@@ -250,18 +250,10 @@ class Kernel:
         ``{}``. ipywidgets' ``Output`` widget captures what a cell or a callback shows by
         taking ``["header"]["msg_id"]`` from it. (``channel`` is ipykernel's and changes
         nothing: the parent is that of the running task's request, on whichever channel.)"""
+        from .comms import message_dict  # loaded with the shell, long before a cell asks
+
         msg = self.parent()
-        if msg is None:
-            return {}
-        return {
-            "header": msg.header.to_dict(),
-            "msg_id": msg.msg_id,
-            "msg_type": msg.msg_type,
-            "parent_header": dict(msg.parent_header),
-            "metadata": dict(msg.metadata),
-            "content": dict(msg.content),
-            "buffers": list(msg.buffers),
-        }
+        return {} if msg is None else message_dict(msg)
 
     def flush_output(self) -> None:
         """Queue the text written so far ahead of whatever is published next: what waits in
