@@ -1,4 +1,5 @@
-"""The IPython shell that runs cells on the kernel's trio loop; the only module importing IPython.
+"""The IPython shell that runs cells on the kernel's trio loop; it and :mod:`trikernel.magics` are
+the only modules importing IPython.
 
 IPython does the Python: transforming cells (magics, ``!cmd``, ``?``), compiling, top-level
 ``await``, the displayhook, history, completion and inspection. This module adapts it to the
@@ -42,7 +43,7 @@ from IPython.core.compilerop import CachingCompiler
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
-from IPython.core.error import StdinNotImplementedError, UsageError
+from IPython.core.error import StdinNotImplementedError
 from IPython.core.history import HistoryManager
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from IPython.core.shellapp import InteractiveShellApp
@@ -56,6 +57,7 @@ if sys.version_info < (3, 11):
 
 from .debugger import cell_path
 from .execution import DeadlineExceeded
+from .magics import KernelMagics
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -239,8 +241,7 @@ class ZMQInteractiveShell(InteractiveShell):
         self.set_hook("show_in_pager", page.as_hook(payloadpage.page), 99)
         # Top-level await always means the kernel's trio loop (run_cell_trio awaits it there).
         self.autoawait = True
-        for kind, name, fn in _magics(kernel_of=lambda: _kernel_of(self)):
-            self.register_magic_function(fn, kind, name)
+        KernelMagics(self, kernel_of=lambda: _kernel_of(self)).register()
 
     def init_history(self) -> None:
         # IPython's, with the history manager above.
@@ -630,65 +631,6 @@ def _add_trio_hint(exc: BaseException) -> None:
         if needle in exc.args[0] and hint not in exc.args[0]:
             exc.args = (f"{exc.args[0]}\n{hint}", *exc.args[1:])
             return
-
-
-def _magics(kernel_of: Any) -> list[tuple[str, str, Any]]:
-    """The kernel's own magics: (kind, name, function)."""
-
-    def autoawait(line: str) -> None:
-        """Show the async runner: always trio, the kernel's own loop (it cannot be changed)."""
-        arg = line.strip().lower()
-        if arg in ("", "trio", "true", "on", "1"):
-            print("autoawait is on, on the kernel's own trio loop (trikernel)")
-            return
-        raise UsageError(
-            f"trikernel runs every cell on its own trio loop; %autoawait {line.strip()} "
-            "cannot switch to another runner or turn top-level await off"
-        )
-
-    def tasks(line: str) -> None:
-        """List the background tasks started with trikernel.background.start_soon."""
-        rows = [
-            (
-                t.name,
-                t.state,
-                "-" if t.cell is None else str(t.cell),
-                f"{time.monotonic() - t.started:.1f} s",
-            )
-            for t in kernel_of().background
-        ]
-        if not rows:
-            print("no background tasks")
-            return
-        header = ("name", "state", "cell", "age")
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-        for row in [header, *rows]:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-    def cancel(line: str) -> None:
-        """%cancel NAME: cancel the background task called NAME."""
-        name = line.strip()
-        background = kernel_of().background
-        try:
-            background.cancel(name)
-        except KeyError:
-            known = ", ".join(t.name for t in background) or "none"
-            raise UsageError(f"no background task {name!r}; tasks: {known}") from None
-        print(f"cancelled background task {name!r}")
-
-    def timeout(line: str, cell: str) -> None:
-        """%%timeout SECONDS: run the cell under a deadline (the cell's first line only)."""
-        raise UsageError(
-            "%%timeout must be the very first line of the cell: the kernel applies it to the "
-            "whole cell before it runs"
-        )
-
-    return [
-        ("line", "autoawait", autoawait),
-        ("line", "tasks", tasks),
-        ("line", "cancel", cancel),
-        ("cell", "timeout", timeout),
-    ]
 
 
 def _kernel_of(shell: Any) -> Kernel:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
+from pathlib import Path
 
 from tests.kernel.conftest import TIMEOUT, Kernel, merge_streams, outputs, stream_text
 
@@ -317,6 +319,60 @@ def test_magics(kernel: Kernel, tmp_path: object) -> None:
     assert "x_loaded = 1" in payload["text"]
     reply, _ = kernel.execute("len??")
     assert [p["source"] for p in reply["content"]["payload"]] == ["page"]
+
+
+def usage_error(kernel: Kernel, code: str) -> str:
+    """The message of the UsageError ``code`` fails with (printed on stderr, as IPython does)."""
+    reply, msgs = kernel.execute(code)
+    assert reply["content"]["status"] == "error", reply["content"]
+    assert reply["content"]["ename"] == "UsageError", reply["content"]
+    text = stream_text(msgs, "stderr")
+    assert text.startswith("UsageError: "), msgs
+    return text
+
+
+def test_ipykernel_magics_notebooks_use(kernel: Kernel, tmp_path: Path) -> None:
+    # %connect_info: the JSON a frontend needs (the ports and key this client uses), the file.
+    text = stream_text(ok(kernel, "%connect_info"))
+    info = json.loads(text[: text.index("\n}\n") + 2])
+    mine = kernel.kc.get_connection_info()
+    for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port", "ip"):
+        assert info[name] == mine[name]
+    assert info["key"] == mine["key"].decode()
+    assert f"--existing {kernel.km.connection_file}" in text
+    # %less / %more page a file through a payload; %less of what is not there is a UsageError.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("line one\nline two\n")
+    for magic in ("less", "more"):
+        reply, _ = kernel.execute(f"%{magic} {notes}")
+        [page] = reply["content"]["payload"]
+        assert page["source"] == "page"
+        assert page["data"]["text/plain"] == "line one\nline two\n"
+    assert "cannot read" in usage_error(kernel, f"%less {tmp_path / 'missing.txt'}")
+    assert "needs a file name" in usage_error(kernel, "%less")
+    # %man: no topic, or one man does not know (or no man at all), is a UsageError.
+    assert "needs a topic" in usage_error(kernel, "%man")
+    usage_error(kernel, "%man no_such_topic_trikernel")
+    # %edit (and %ed) ask the frontend to open the file; nothing blocks on an editor.
+    script = tmp_path / "script.py"
+    script.write_text("x = 1\n")
+    for magic in ("edit", "ed"):
+        reply, _ = kernel.execute(f"%{magic} -n 1 {script}")
+        assert reply["content"]["status"] == "ok", reply["content"]
+        [edit] = reply["content"]["payload"]
+        assert edit == {"source": "edit_magic", "filename": str(script), "line_number": "1"}
+    assert "option -z not recognized" in usage_error(kernel, "%edit -z x")
+    # %clear clears a terminal frontend's screen.
+    assert stream_text(ok(kernel, "%clear")) == "\x1b[H\x1b[2J"
+    # %autosave: the classic notebook's call (guarded elsewhere), and what it did.
+    msgs = ok(kernel, "%autosave 0")
+    [script_out] = outputs(msgs, "display_data")
+    assert "set_autosave_interval(0)" in script_out["content"]["data"]["application/javascript"]
+    assert stream_text(msgs).startswith("Autosave off in the classic notebook")
+    assert "whole number of seconds" in usage_error(kernel, "%autosave soon")
+    # %qtconsole: bad arguments are refused before anything starts; here qtconsole is absent.
+    assert "No closing quotation" in usage_error(kernel, '%qtconsole --style "monokai')
+    assert "qtconsole is not installed" in usage_error(kernel, "%qtconsole")
 
 
 # -- stdin -----------------------------------------------------------------------------------
