@@ -87,7 +87,9 @@ class Run:
     """The io loop's deadline watch for this run, if it has a timeout."""
 
 
-@attrs.define(eq=False)
+# No attrs repr: the SIGINT handler is a method of this object, and a cell that looks at
+# signal.getsignal(SIGINT) would get the whole registry, loop token and runs included.
+@attrs.define(eq=False, repr=False)
 class UserCode(trio.abc.Instrument):
     """The registry of running user code on the main loop, and the SIGINT policy above.
 

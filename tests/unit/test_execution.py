@@ -49,3 +49,10 @@ async def test_sigint_from_outside_after_an_interrupt_is_a_new_interrupt(user: U
         # Ctrl-C again (or a frontend in signal mode): not a re-send, so it interrupts again.
         with pytest.raises(KeyboardInterrupt):
             call_user_code(signal.raise_signal, signal.SIGINT)
+
+
+async def test_the_sigint_handler_a_cell_can_see_has_a_short_repr(user: UserCode) -> None:
+    # A cell that prints signal.getsignal(SIGINT) sees one line, not the kernel's registry.
+    shown = repr(signal.getsignal(signal.SIGINT))
+    assert shown.startswith("<bound method UserCode._on_sigint of <trikernel.execution.UserCode")
+    assert len(shown) < 120
