@@ -73,6 +73,7 @@ from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Sessio
 from .settings import KernelSettings
 from .streams import FdCapture, FdCaptures, OutStream
 from .tasks import BackgroundTasks, background
+from .usage import UsageMeter
 
 __all__ = ["Kernel", "RequestError", "ainput", "current_cell", "current_request"]
 
@@ -211,8 +212,10 @@ class Kernel:
                 "delete_subshell_request",
                 "list_subshell_request",
                 "debug_request",
+                "usage_request",
             )
         }
+        self._usage: tuple[UsageMeter, trio.Lock] | None = None  # io loop; made on first use
         self._debugger: Debugger | None = None  # io loop; made by the first debug_request
         self._debug_parent: Message | None = None  # the debug_request its events belong to
         self._last_parent: Message | None = None
@@ -955,6 +958,16 @@ class Kernel:
     async def list_subshell_request(self, request: Message) -> Mapping[str, Any]:
         """The ids of the subshells (not the parent shell)."""
         return {"status": "ok", "subshell_id": sorted(self._subshell_ids)}
+
+    async def usage_request(self, request: Message) -> Mapping[str, Any]:
+        """The kernel's CPU and memory use, for JupyterLab's "Kernel usage" panel (see
+        :mod:`trikernel.usage`); measured in a worker thread, as it reads ``/proc``."""
+        if self._usage is None:
+            self._usage = (UsageMeter(), trio.Lock())
+        meter, lock = self._usage
+        async with lock:  # one measurement at a time: each is relative to the one before
+            content = await trio.to_thread.run_sync(meter.measure)
+        return {"status": "ok", **content}
 
     async def connect_request(self, request: Message) -> Mapping[str, Any]:
         """The kernel's ports (spec: "Connect", deprecated but answered)."""

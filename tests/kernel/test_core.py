@@ -5,11 +5,13 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -254,6 +256,43 @@ def test_kernel_info_on_control_has_busy_idle(kernel: Kernel) -> None:
         m["content"]["execution_state"] for m in outputs(kernel.until_idle(msg_id), "status")
     ]
     assert statuses == ["busy", "idle"]
+
+
+def _usage(kernel: Kernel) -> dict[str, Any]:
+    reply = kernel.reply(kernel.control("usage_request"), "control")
+    assert reply["msg_type"] == "usage_reply"
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return dict(reply["content"])
+
+
+def test_usage_request_reports_the_kernel_and_what_it_started(kernel: Kernel) -> None:
+    # What JupyterLab's "Kernel usage" panel (jupyter-resource-usage) asks for and shows.
+    usage = _usage(kernel)
+    assert usage["hostname"] == socket.gethostname()
+    assert usage["pid"] == kernel.km.provisioner.process.pid  # type: ignore[union-attr]
+    assert usage["kernel_memory"] > 20 << 20  # an interpreter with IPython loaded
+    assert usage["cpu_count"] == os.cpu_count()
+    memory = usage["host_virtual_memory"]
+    assert 0 < memory["available"] <= memory["total"]
+    # CPU is counted from one request to the next, the kernel's and its children's: here a
+    # child spins while the kernel sleeps half a second.
+    kernel.execute(
+        "import subprocess, sys\n"
+        "_spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])"
+    )
+    try:
+        _usage(kernel)
+        kernel.execute("import time; time.sleep(0.5)")
+        assert _usage(kernel)["kernel_cpu"] > 30
+    finally:
+        kernel.execute("_spinner.kill(); _spinner.wait()")
+    # Asked while a cell holds the main thread, it is answered before the cell ends.
+    msg_id = kernel.kc.execute("while True: pass")
+    kernel.started(msg_id)
+    assert _usage(kernel)["pid"] == usage["pid"]
+    kernel.reply(kernel.control("interrupt_request"), "control")
+    assert kernel.reply(msg_id)["content"]["ename"] == "KeyboardInterrupt"
+    kernel.until_idle(msg_id)
 
 
 def test_unknown_request_gets_error_reply_and_kernel_stays_up(kernel: Kernel) -> None:
