@@ -28,6 +28,7 @@ wrapper kernel subclasses :class:`Kernel` and overrides them.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import gc
@@ -353,6 +354,8 @@ class Kernel:
         self._user.install()
         self._user.watch_pending = self._watch_pending
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_python_signals_in_forked_child)
         try:
             async with trio.open_nursery() as nursery:
                 self._ports = await nursery.start(run_loop_in_thread, self._serve_io, _IO_THREAD)
@@ -1144,6 +1147,18 @@ def _attribute_threads() -> None:
 
     start._trikernel = True  # type: ignore[attr-defined]
     threading.Thread.start = start  # type: ignore[method-assign]
+
+
+def _python_signals_in_forked_child() -> None:
+    """A process forked from the kernel (a ``multiprocessing`` worker) is not the kernel: it
+    gets a fresh interpreter's signal handling back. Otherwise the SIGTERM that ends a pool's
+    workers ran the kernel's shutdown in each (a KeyboardInterrupt traceback per worker), and
+    every signal a worker took woke the kernel's loop through the descriptor they share."""
+    with contextlib.suppress(ValueError, OSError):  # ValueError: not the main thread
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGVTALRM, signal.SIG_DFL)
 
 
 def _end_child_processes() -> None:

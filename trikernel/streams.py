@@ -6,6 +6,11 @@ A write returns at once unless the iopub queue is full (frontends not keeping up
 Each write is attributed to the request whose context it is written in (a contextvar, which
 trio copies into tasks a cell spawns), falling back to the latest request for writes from
 threads and callbacks that carry no context.
+
+A process forked from the kernel (``multiprocessing`` with its "fork" start method, Linux's
+default before Python 3.14) has a copy of these streams but no io loop to send what they
+queue. There they write whole lines to file descriptors 1 and 2 instead, which lead to the
+kernel's descriptor captures: a worker's ``print`` reaches the cell that started it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import io
 import os
 import select
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 
 import trio
@@ -28,7 +34,12 @@ __all__ = ["FdCapture", "FdCaptures", "OutStream"]
 
 
 class OutStream(io.TextIOBase):
-    """A text stream whose writes become ``stream`` messages (batched by the iopub queue)."""
+    """A text stream whose writes become ``stream`` messages (batched by the iopub queue).
+
+    In a forked child, writes go to the descriptor ``fileno`` instead, a line at a time (one
+    ``write(2)`` per line, so lines of workers writing at once do not mix), or nowhere if
+    there is none.
+    """
 
     def __init__(
         self,
@@ -42,6 +53,9 @@ class OutStream(io.TextIOBase):
         self._queue = queue
         self._parent = parent
         self._fileno = fileno
+        self._forked: list[str] | None = None
+        """Set in a forked child: the text of its unfinished line."""
+        _in_kernel.add(self)
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -66,7 +80,15 @@ class OutStream(io.TextIOBase):
     def write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        self._queue.write(self.name, s, self._parent())
+        if self._forked is None:
+            self._queue.write(self.name, s, self._parent())
+        elif s:
+            self._forked.append(s)
+            if "\n" in s:
+                text = "".join(self._forked)
+                end = text.rindex("\n") + 1
+                self._forked[:] = [text[end:]] if end < len(text) else []
+                self._write_fd(text[:end])
         return len(s)
 
     def writelines(self, lines: Iterable[str]) -> None:  # type: ignore[override]
@@ -74,7 +96,35 @@ class OutStream(io.TextIOBase):
             self.write(line)
 
     def flush(self) -> None:
-        self._queue.flush()
+        if self._forked is None:
+            self._queue.flush()
+        elif self._forked:
+            text = "".join(self._forked)
+            self._forked.clear()
+            self._write_fd(text)
+
+    def _write_fd(self, text: str) -> None:
+        if self._fileno is None:
+            return
+        data = text.encode("utf-8", "replace")
+        while data:
+            data = data[os.write(self._fileno, data) :]
+
+    def _after_fork(self) -> None:
+        self._forked = []
+
+
+_in_kernel: weakref.WeakSet[OutStream | FdCapture] = weakref.WeakSet()
+"""What changes in a forked child (see the module's docstring)."""
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_in_kernel):
+        obj._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class FdCapture:
@@ -108,6 +158,12 @@ class FdCapture:
         os.dup2(write_end, fd)
         os.close(write_end)
         self._read_end = read_end
+        self._forked = False
+        """Set in a forked child: it leaves the pipe to the kernel, which reads it."""
+        _in_kernel.add(self)
+
+    def _after_fork(self) -> None:
+        self._forked = True
 
     @property
     def read_end(self) -> int:
@@ -116,6 +172,8 @@ class FdCapture:
 
     def drain(self) -> None:
         """Queue whatever the pipe holds now (any thread; never blocks)."""
+        if self._forked:
+            return
         with self._lock:
             chunks = []
             while True:
@@ -133,6 +191,8 @@ class FdCapture:
 
     def settle(self) -> None:
         """Return once a drain in progress elsewhere has queued what it read (any thread)."""
+        if self._forked:  # the lock may have been held by another thread at the fork
+            return
         with self._lock:
             pass
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -274,6 +275,42 @@ def test_fd_level_output_comes_before_what_the_cell_shows_next(kernel: Kernel) -
         "stream",
         "error",
     ]
+
+
+def test_forked_workers_print_to_the_cell_in_whole_lines(kernel: Kernel) -> None:
+    # multiprocessing's "fork" workers (Linux's default before Python 3.14) have a copy of the
+    # kernel's streams but no loop to send them: their lines go through the descriptors.
+    msgs = ok(
+        kernel,
+        "import multiprocessing\n"
+        "def work(x):\n"
+        "    print('worker', x, 'of', 'eight')\n"
+        "    print('partial', x, end='', flush=True)\n"
+        "    return x\n"
+        "with multiprocessing.get_context('fork').Pool(4) as pool:\n"
+        "    done = pool.map(work, range(8))",
+    )
+    text = stream_text(msgs)
+    # Every line whole (a worker writes each in one piece), and every flushed partial line.
+    assert sorted(re.findall(r"worker \d of eight\n", text)) == [
+        f"worker {x} of eight\n" for x in range(8)
+    ]
+    assert sorted(re.findall(r"partial \d", text)) == [f"partial {x}" for x in range(8)]
+    # The SIGTERM that ends the pool's workers ends them as it ends any Python process; it
+    # used to run the kernel's own shutdown in each (a KeyboardInterrupt traceback apiece).
+    assert "Traceback" not in stream_text(msgs, "stderr")
+    # A child that displays (the kernel's socket is not its to use) leaves the kernel working.
+    msgs = ok(
+        kernel,
+        "import os\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    display('from the child'); print('child line', flush=True); os._exit(0)\n"
+        "os.waitpid(pid, 0)[1]",
+    )
+    assert "child line\n" in stream_text(msgs)
+    assert not outputs(msgs, "display_data")
+    assert result_text(ok(kernel, "40 + 2")) == "42"
 
 
 # -- magics and shell commands ------------------------------------------------------------

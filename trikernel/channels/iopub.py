@@ -27,12 +27,17 @@ Invariants:
     and one that stopped reading cannot stop the kernel.
 - Every new subscription (XPUB_VERBOSE) gets an ``iopub_welcome`` (protocol 5.4, JEP 65), so a
   client knows when it can stop waiting to be connected.
+- In a process forked from the kernel the queue publishes nothing: its socket and io loop are
+  the parent's, and a lock another thread held at the fork stays held for ever. (Text written
+  there goes to file descriptors instead, see :mod:`trikernel.streams`.)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import NoReturn
@@ -100,15 +105,23 @@ class IOPubQueue:
     _send_from_thread: Callable[[list[bytes]], bool] | None = attrs.field(init=False, default=None)
     """Sends frames from another thread if the socket takes them now; set by serve_iopub."""
 
+    _forked: bool = attrs.field(init=False, default=False)
+    """Set in a forked child: publish nothing (see the module's invariants)."""
+
     @_room.default
     def _make_room_condition(self) -> threading.Condition:
         return threading.Condition(self._lock)
+
+    def __attrs_post_init__(self) -> None:
+        _queues.add(self)
 
     def publish(self, msg: Message) -> None:
         """Queue ``msg`` after everything queued before it; send as soon as possible.
 
         Waits while the queue is full (see the module's invariants), unless called in the io
         loop."""
+        if self._forked:
+            return
         if self._enqueue(msg):
             self._wait_for_room()
 
@@ -140,6 +153,8 @@ class IOPubQueue:
         or it is called in the io loop. The text is queued before the wait: an interrupt that
         ends the wait loses nothing.
         """
+        if self._forked:
+            return
         if text and self._enqueue_text(name, text, parent) and wait:
             self._wait_for_room()
 
@@ -207,6 +222,8 @@ class IOPubQueue:
     def flush(self) -> None:
         """Send waiting text now instead of at the end of the flush interval (KI-protected, as
         :meth:`_enqueue`)."""
+        if self._forked:
+            return
         with self._lock:
             wake = bool(self._items) and self._mark(urgent=True)
         if wake:
@@ -360,6 +377,18 @@ class IOPubQueue:
                     parent=item.parent,
                     identities=[b"stream." + item.name.encode()],
                 )
+
+
+_queues: weakref.WeakSet[IOPubQueue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for queue in list(_queues):
+        queue._forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def serve_iopub(
