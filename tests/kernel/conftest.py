@@ -294,3 +294,6 @@ def run_kernel() -> Iterator[RunKernel]:
         watcher.join()
         assert proc.stderr is not None
         proc.stderr.close()
+        # Shown with a failing test's report: why the kernel died, if it did.
+        sys.stderr.write(f"kernel {proc.pid} exited {proc.returncode}; its stderr:\n")
+        sys.stderr.write("".join(watcher.lines))
