@@ -754,16 +754,15 @@ class Kernel:
             count = shell.execution_count
         reply: dict[str, Any]
         if run.scope.cancelled_caught:
-            if run.reason == "timeout":
-                ename, evalue = "TimeoutError", deadline_message(timeout)
-            else:
-                ename, evalue = "KeyboardInterrupt", ""
+            shown: BaseException = (
+                TimeoutError(deadline_message(timeout))
+                if run.reason == "timeout"
+                else KeyboardInterrupt()
+            )
             error = {
-                "ename": ename,
-                "evalue": evalue,
-                "traceback": shell.format_cancellation(
-                    cancelled or KeyboardInterrupt(), ename, evalue
-                ),
+                "ename": type(shown).__name__,
+                "evalue": str(shown),
+                "traceback": shell.format_interruption(cancelled or shown, shown),
             }
             self.publish("error", error)
             reply = {"status": "error", **error}

@@ -25,14 +25,18 @@ kernel in seven places:
 from __future__ import annotations
 
 import copy
+import functools
+import importlib.util
 import logging
+import os
 import sqlite3
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Mapping
-from types import CodeType
+from pathlib import Path
+from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -235,6 +239,7 @@ class ZMQInteractiveShell(InteractiveShell):
         """The exception ``last_error`` shows: set when it is published, cleared when IPython 9
         stores it in history or when the next cell starts (IPython 8 never stores it)."""
         self.keepkernel_on_exit: bool | None = None
+        self._plain_tb: Any = None
         self._profile: IPythonProfile | None = None
         """The profile whose startup code :meth:`run_startup` runs (once)."""
         # `print?` and `%page` page through a payload, not a terminal pager.
@@ -378,31 +383,39 @@ class ZMQInteractiveShell(InteractiveShell):
             stb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": stb}
 
-    def format_cancellation(self, exc: BaseException, ename: str, evalue: str) -> list[str]:
-        """Where an interrupted or timed-out cell was: its own frames, titled ename: evalue.
+    def format_interruption(self, exc: BaseException, shown: BaseException) -> list[str]:
+        """The traceback of a cell stopped by ``exc`` (a KeyboardInterrupt, a deadline, a
+        cancellation), shown as ``shown`` (KeyboardInterrupt or TimeoutError).
 
-        Deliberately not IPython's verbose traceback: that highlights every frame's source
-        with pygments and takes tens of milliseconds, which would be most of an interrupt's
-        latency, to show frames of trio and the kernel the user did not write.
+        IPython formats it, in the current ``%xmode``, over the frames of the user's code only:
+        the frames of trio and the kernel below the cell (where an awaiting cell is cancelled,
+        or the SIGINT handler that raised) mean nothing to the user. It becomes the "last"
+        exception, as any cell's error does: ``%tb`` and ``%debug`` see it.
+
+        Without colours: IPython highlights each frame's source with pygments, which took
+        13 ms per traceback (most of an interrupt's latency) against 2 ms without.
         """
-        lines = [
-            "\x1b[31m" + "-" * 75 + "\x1b[0m",
-            f"\x1b[31m{ename}\x1b[0m"
-            + " " * max(1, 42 - len(ename))
-            + "Traceback (most recent call last)",
-        ]
-        for frame in traceback.extract_tb(exc.__traceback__):
-            cell = self.compile.format_code_name(frame.filename)
-            if cell is None:
-                continue
-            where = f"{cell[0]} {cell[1]}, line {frame.lineno}"
-            if frame.name != "<module>":
-                where += f", in {frame.name}()"
-            lines.append(f"\x1b[36m{where}\x1b[0m")
-            if frame.line:
-                lines.append(f"\x1b[32m---->\x1b[0m {frame.lineno} {frame.line}")
-        lines.append(f"\x1b[31m{ename}\x1b[0m: {evalue}")
-        return lines
+        tb = _user_frames(exc.__traceback__)
+        shown = shown.with_traceback(tb)
+        formatter = self._plain_traceback()
+        formatter.set_mode(self.InteractiveTB.mode)
+        stb: list[str] = formatter.structured_traceback(type(shown), shown, tb, tb_offset=0)
+        sys.last_type, sys.last_value, sys.last_traceback = type(shown), shown, tb
+        if sys.version_info >= (3, 12):
+            sys.last_exc = shown
+        return stb
+
+    def _plain_traceback(self) -> Any:
+        """IPython's formatter for tracebacks, without colours (made once)."""
+        if self._plain_tb is None:
+            from IPython.core import ultratb
+
+            formatter: Any = ultratb.AutoFormattedTB  # its arguments differ in IPython 8 and 9
+            try:  # IPython 9 names colour schemes "themes"
+                self._plain_tb = formatter(theme_name="nocolor")
+            except TypeError:
+                self._plain_tb = formatter(color_scheme="NoColor")
+        return self._plain_tb
 
     def _format_exception_for_storage(
         self, exception: BaseException, *args: Any, **kwargs: Any
@@ -429,12 +442,11 @@ class ZMQInteractiveShell(InteractiveShell):
 
     def show_interruption(self, exc: BaseException) -> None:
         """Publish the error for a KeyboardInterrupt / deadline raised in blocking code."""
-        ename = "TimeoutError" if isinstance(exc, DeadlineExceeded) else type(exc).__name__
-        evalue = str(exc)
+        shown = TimeoutError(str(exc)) if isinstance(exc, DeadlineExceeded) else exc
         self.last_error = {
-            "ename": ename,
-            "evalue": evalue,
-            "traceback": self.format_cancellation(exc, ename, evalue),
+            "ename": type(shown).__name__,
+            "evalue": str(shown),
+            "traceback": self.format_interruption(exc, shown),
         }
         self._last_error_of = exc
         self.kernel.publish("error", self.last_error)
@@ -621,6 +633,31 @@ _TRIO_HINTS = (
         ),
     ),
 )
+
+
+@functools.cache
+def _not_user_code() -> tuple[str, ...]:
+    """The folders of the packages whose frames are not the user's (see format_interruption);
+    found without importing them."""
+    folders: list[str] = []
+    for name in ("trikernel", "trio", "outcome", "greenback"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            folders.extend(str(Path(f)) + os.sep for f in spec.submodule_search_locations)
+    return tuple(folders)
+
+
+def _user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` without the frames of trio and the kernel (a new chain; ``tb`` is unchanged)."""
+    kept: list[TracebackType] = []
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_not_user_code()):
+            kept.append(tb)
+        tb = tb.tb_next
+    chain = None
+    for t in reversed(kept):
+        chain = TracebackType(chain, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return chain
 
 
 def _add_trio_hint(exc: BaseException) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import random
+import re
 import signal
 import time
 import uuid
@@ -67,6 +68,56 @@ def test_interrupt_in_every_state(kernel: Kernel, interrupt: Interrupt, state: s
     assert error["content"]["ename"] == "KeyboardInterrupt"
     assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
     print(f"{state} ({interrupt.__name__}): reply {elapsed * 1000:.1f} ms after the interrupt")
+
+
+def _interrupted_traceback(kernel: Kernel, code: str) -> str:
+    """The traceback (colours removed) of ``code`` interrupted once it printed "started"."""
+    cell = kernel.kc.execute(code)
+    kernel.iopub_until(cell, lambda m: m["msg_type"] == "stream")
+    by_message(kernel)
+    assert kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
+    [error] = outputs(kernel.until_idle(cell), "error")
+    return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["content"]["traceback"]))
+
+
+def test_an_interrupt_shows_the_users_frames_as_ipython_shows_errors(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    # As any error, in IPython's layout: the cell's lines around the one running, and the
+    # frames of the user's own modules; none of trio's or the kernel's below them.
+    (tmp_path / "slowmod.py").write_text(
+        "def spin():\n    print('started', flush=True)\n    while True:\n        pass\n"
+    )
+    kernel.execute(f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import slowmod")
+    shown = _interrupted_traceback(kernel, "x = 1\ny = 2\nslowmod.spin()\nz = 3")
+    assert "      2 y = 2\n----> 3 slowmod.spin()\n      4 z = 3" in shown
+    assert f"File {tmp_path / 'slowmod.py'}:" in shown
+    assert "----> 3     while True:" in shown or "----> 4         pass" in shown
+    assert "trikernel" not in shown
+    assert "trio" not in shown
+    assert shown.endswith("KeyboardInterrupt: ")
+    # An awaiting cell is cancelled inside trio: only the cell's frame is shown.
+    shown = _interrupted_traceback(
+        kernel, "import trio\nprint('started', flush=True)\nawait trio.sleep(30)"
+    )
+    assert "----> 3 await trio.sleep(30)" in shown
+    assert "trio/_" not in shown
+    assert "trikernel" not in shown
+    # It is the last error, as any other: %tb shows it, sys.last_value holds it.
+    _, msgs = kernel.execute("%tb")
+    [error] = outputs(msgs, "error")
+    assert error["content"]["ename"] == "KeyboardInterrupt"
+    _, msgs = kernel.execute("type(sys.last_value).__name__")
+    assert outputs(msgs, "execute_result")[0]["content"]["data"]["text/plain"] == (
+        "'KeyboardInterrupt'"
+    )
+    # %xmode applies: Minimal is the last line alone.
+    kernel.execute("%xmode Minimal")
+    try:
+        shown = _interrupted_traceback(kernel, "print('started', flush=True)\nwhile True: pass")
+        assert shown.strip() == "KeyboardInterrupt"
+    finally:
+        kernel.execute("%xmode Context")
 
 
 @MODES
