@@ -399,7 +399,11 @@ class ZMQInteractiveShell(InteractiveShell):
         shown = shown.with_traceback(tb)
         formatter = self._plain_traceback()
         formatter.set_mode(self.InteractiveTB.mode)
-        stb: list[str] = formatter.structured_traceback(type(shown), shown, tb, tb_offset=0)
+        try:
+            stb: list[str] = formatter.structured_traceback(type(shown), shown, tb, tb_offset=0)
+        except Exception:  # the error must be shown whatever the frames hold
+            log.exception("IPython could not format an interrupted cell's traceback")
+            stb = traceback.format_exception(type(shown), shown, tb)
         sys.last_type, sys.last_value, sys.last_traceback = type(shown), shown, tb
         if sys.version_info >= (3, 12):
             sys.last_exc = shown
@@ -656,7 +660,10 @@ def _user_frames(tb: TracebackType | None) -> TracebackType | None:
         tb = tb.tb_next
     chain = None
     for t in reversed(kept):
-        chain = TracebackType(chain, t.tb_frame, t.tb_lasti, t.tb_lineno)
+        # tb_lineno is None where the instruction has no line (a signal handler's frame can
+        # be caught there); -1 asks Python to work it out from tb_lasti, as it did.
+        lineno: int | None = t.tb_lineno  # typeshed says int
+        chain = TracebackType(chain, t.tb_frame, t.tb_lasti, -1 if lineno is None else lineno)
     return chain
 
 
