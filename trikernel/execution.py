@@ -59,6 +59,7 @@ __all__ = [
     "UserCode",
     "call_user_code",
     "deadline_message",
+    "exception_text",
 ]
 
 #: Why a request's scope was cancelled; the reply names it.
@@ -67,6 +68,15 @@ CancelReason = str
 _GIL_YIELD_INTERVAL = 0.005
 
 T = TypeVar("T")
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)`` of an exception from user code, or what Python's own tracebacks say when
+    that raises (a reply must not fail over a broken ``__str__``)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - whatever __str__ raises
+        return "<exception str() failed>"
 
 
 class DeadlineExceeded(BaseException):

@@ -68,7 +68,7 @@ from .channels import (
     serve_stdin,
 )
 from .debugger import Debugger, remove_cell_files
-from .execution import Run, UserCode, call_user_code, deadline_message
+from .execution import Run, UserCode, call_user_code, deadline_message, exception_text
 from .handoff import Mailbox, main_thread_signals_only, post, run_loop_in_thread
 from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
 from .settings import KernelSettings
@@ -769,9 +769,10 @@ class Kernel:
         elif result.success:
             reply = {"status": "ok", "user_expressions": shell.evaluate(user_expressions)}
         else:
+            failure = result.error_in_exec or result.error_before_exec
             error = shell.last_error or {
-                "ename": type(result.error_in_exec or result.error_before_exec).__name__,
-                "evalue": str(result.error_in_exec or result.error_before_exec),
+                "ename": type(failure).__name__,
+                "evalue": exception_text(failure) if isinstance(failure, BaseException) else "",
                 "traceback": [],
             }
             reply = {"status": "error", **error}

@@ -60,7 +60,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 from .debugger import cell_path
-from .execution import DeadlineExceeded
+from .execution import DeadlineExceeded, exception_text
 from .magics import KernelMagics
 
 if TYPE_CHECKING:
@@ -381,7 +381,7 @@ class ZMQInteractiveShell(InteractiveShell):
             )
         except Exception:
             stb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": stb}
+        return {"ename": type(exc).__name__, "evalue": exception_text(exc), "traceback": stb}
 
     def format_interruption(self, exc: BaseException, shown: BaseException) -> list[str]:
         """The traceback of a cell stopped by ``exc`` (a KeyboardInterrupt, a deadline, a
@@ -437,7 +437,14 @@ class ZMQInteractiveShell(InteractiveShell):
             return dict(self.last_error)
         # Looked up, not called directly: IPython 8 has no such method (and never calls this).
         base = getattr(super(), "_format_exception_for_storage")  # noqa: B009
-        stored: dict[str, Any] = base(exception, *args, **kwargs)
+        try:
+            stored: dict[str, Any] = base(exception, *args, **kwargs)
+        except Exception:  # an exception whose str() raises, say: the cell's reply must go out
+            stored = {
+                "ename": type(exception).__name__,
+                "evalue": exception_text(exception),
+                "traceback": [],
+            }
         return stored
 
     def show_exception(self) -> None:
@@ -449,7 +456,7 @@ class ZMQInteractiveShell(InteractiveShell):
         shown = TimeoutError(str(exc)) if isinstance(exc, DeadlineExceeded) else exc
         self.last_error = {
             "ename": type(shown).__name__,
-            "evalue": str(shown),
+            "evalue": exception_text(shown),
             "traceback": self.format_interruption(exc, shown),
         }
         self._last_error_of = exc
@@ -461,7 +468,7 @@ class ZMQInteractiveShell(InteractiveShell):
         self.kernel.flush_output()
         self.last_error = {
             "ename": etype.__name__,
-            "evalue": str(evalue),
+            "evalue": exception_text(evalue),
             "traceback": stb,
         }
         self._last_error_of = evalue

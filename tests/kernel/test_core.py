@@ -72,6 +72,26 @@ def test_error_reply_and_message(kernel: Kernel) -> None:
     assert any("on purpose" in line for line in error["content"]["traceback"])
 
 
+def test_an_exception_whose_str_raises_gets_a_whole_reply(kernel: Kernel) -> None:
+    reply, msgs = kernel.execute(
+        "class Unprintable(Exception):\n"
+        "    def __str__(self):\n"
+        "        raise RuntimeError('no text')\n"
+        "raise Unprintable()"
+    )
+    content = reply["content"]
+    assert content["status"] == "error"
+    assert content["ename"] == "Unprintable"
+    assert content["evalue"] == "<exception str() failed>"  # what Python's tracebacks say
+    assert "execution_count" in content
+    assert content["payload"] == []
+    [error] = outputs(msgs, "error")
+    assert error["content"]["ename"] == "Unprintable"
+    assert (
+        kernel.execute("1 + 1")[0]["content"]["execution_count"] == content["execution_count"] + 1
+    )
+
+
 COUNT_FORMATTING = """\
 _formatted = 0
 def _counting(format):
