@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import attrs
 import trio
 
-__all__ = ["HASH_SEED", "Debugger", "cell_path", "murmur2"]
+__all__ = ["CELL_PREFIX", "HASH_SEED", "Debugger", "cell_path", "murmur2"]
 
 log = logging.getLogger("trikernel")
 
@@ -69,13 +69,14 @@ def murmur2(data: bytes, seed: int) -> int:
 
 
 _CELL_DIR = Path(tempfile.gettempdir()).resolve() / f"trikernel_{os.getpid()}"
-_PREFIX = f"{_CELL_DIR}{os.sep}"
+CELL_PREFIX = f"{_CELL_DIR}{os.sep}"
+"""Where every cell's code says it comes from (its file name starts so)."""
 _SUFFIX = ".py"
 
 
 def cell_path(code: str) -> str:
     """The file name a cell with this source runs under (nothing is written: see dumpCell)."""
-    return f"{_PREFIX}{murmur2(code.encode('utf-8', 'surrogatepass'), HASH_SEED)}{_SUFFIX}"
+    return f"{CELL_PREFIX}{murmur2(code.encode('utf-8', 'surrogatepass'), HASH_SEED)}{_SUFFIX}"
 
 
 def remove_cell_files() -> None:
@@ -108,6 +109,8 @@ class Debugger:
     namespace: Callable[[], dict[str, Any]]
     kernel_threads: frozenset[str]
     interrupt_pending: Callable[[], bool]
+    protect: Callable[[tuple[str, ...]], None]
+    """Told debugpy's folders once it is imported: no KeyboardInterrupt may be raised there."""
     _endpoint: tuple[str, int] | None = None
     """Where debugpy's adapter listens, once started (it stays for the process's life)."""
     _stream: trio.SocketStream | None = None
@@ -160,7 +163,7 @@ class Debugger:
             "isStarted": self._stream is not None,
             "hashMethod": "Murmur2",
             "hashSeed": HASH_SEED,
-            "tmpFilePrefix": _PREFIX,
+            "tmpFilePrefix": CELL_PREFIX,
             "tmpFileSuffix": _SUFFIX,
             "breakpoints": [
                 {"source": path, "breakpoints": marks} for path, marks in self._breakpoints.items()
@@ -291,8 +294,11 @@ class Debugger:
             if thread.name in self.kernel_threads:
                 thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
                 thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+        # Not "frozen modules are being used" on stderr (the adapter's), in the user's last cell.
+        os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         import debugpy  # noqa: T100 - the debugger's engine, imported when first used
 
+        self.protect(tuple(str(Path(f)) + os.sep for f in debugpy.__path__))
         host, port = debugpy.listen(("127.0.0.1", 0))  # noqa: T100
         return str(host), int(port)
 

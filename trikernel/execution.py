@@ -42,6 +42,7 @@ CPU time only, so a cell that sleeps or waits costs nothing.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,6 +69,15 @@ CancelReason = str
 _GIL_YIELD_INTERVAL = 0.005
 
 T = TypeVar("T")
+
+
+def _runs_code_in(frame: FrameType | None, folders: tuple[str, ...]) -> bool:
+    """Whether ``frame`` or a frame that called it runs code from one of ``folders``."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(folders):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def exception_text(exc: BaseException) -> str:
@@ -125,6 +135,14 @@ class UserCode(trio.abc.Instrument):
     from outside, in signal mode, which the io loop did not send)."""
     _main_thread: int = attrs.field(init=False, factory=threading.get_ident)
     _previous_handlers: dict[int, object] = attrs.field(init=False, factory=dict)
+    not_in: tuple[str, ...] = attrs.field(init=False, default=())
+    """Folders of code a KeyboardInterrupt is never raised in, set by the kernel: the
+    debugger's, once it runs. Raised in its wait for the frontend at a breakpoint (Python 3.11
+    and earlier run signal handlers there), it broke debugpy until the kernel restarted.
+    Instead the interrupt is raised at the next event (a call, a return) of a cell's code, once
+    the debugger lets the cell run on (see :meth:`_raise_in_next_cell_event`)."""
+    cells: str = attrs.field(init=False, default="\0")
+    """The path prefix of cells' code (set with :attr:`not_in`)."""
 
     # -- installation (main thread, before the loop serves anything) -----------------------
 
@@ -261,12 +279,42 @@ class UserCode(trio.abc.Instrument):
             except RuntimeError:
                 task = None
             run = self._owner(task) if task is not None else None
+            if run is not None and self.not_in and _runs_code_in(frame, self.not_in):
+                self._raise_in_next_cell_event(number, run)
+                return
             if run is not None:
                 self._handled = number
                 if run.reason == "timeout":
                     raise DeadlineExceeded(deadline_message(run.timeout))
                 raise KeyboardInterrupt
         self.token.run_sync_soon(self._cancel_for_interrupt, number)
+
+    def _raise_in_next_cell_event(self, number: int, run: Run) -> None:
+        """Raise interrupt ``number`` in the main thread at the next call, return or C call of
+        a cell's code (main thread, from the SIGINT handler).
+
+        A profile function sees those events whatever the debugger does with tracing, and an
+        exception it raises propagates into the code at that point, as if raised there. It
+        removes itself once it raised or the interrupt was taken otherwise.
+        """
+        previous: Any = sys.getprofile()
+        if getattr(previous, "trikernel_interrupt", False):
+            return  # set already, by an earlier SIGINT of this interrupt
+
+        def at_event(frame: FrameType, event: str, arg: object) -> None:
+            if previous is not None:
+                previous(frame, event, arg)
+            if self._handled >= number or not run.active:
+                sys.setprofile(previous)
+            elif frame.f_code.co_filename.startswith(self.cells):
+                sys.setprofile(previous)
+                self._handled = number
+                if run.reason == "timeout":
+                    raise DeadlineExceeded(deadline_message(run.timeout))
+                raise KeyboardInterrupt
+
+        at_event.trikernel_interrupt = True  # type: ignore[attr-defined]
+        sys.setprofile(at_event)
 
     def _cancel_for_interrupt(self, number: int) -> None:
         self.cancel_all("interrupt")

@@ -67,7 +67,7 @@ from .channels import (
     serve_shell,
     serve_stdin,
 )
-from .debugger import Debugger, remove_cell_files
+from .debugger import CELL_PREFIX, Debugger, remove_cell_files
 from .execution import Run, UserCode, call_user_code, deadline_message, exception_text
 from .handoff import Mailbox, main_thread_signals_only, post, run_loop_in_thread
 from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
@@ -858,6 +858,7 @@ class Kernel:
                     {_IO_THREAD, HEARTBEAT_THREAD, "IPythonHistorySavingThread"}
                 ),
                 interrupt_pending=lambda: self._user.interrupt_pending,
+                protect=self._protect_debugger,
             )
         return await self._debugger.handle(request.content)
 
@@ -928,6 +929,11 @@ class Kernel:
         self._io_nursery.start_soon(watch)
 
     # -- handlers: control (io loop) ---------------------------------------------------------
+
+    def _protect_debugger(self, folders: tuple[str, ...]) -> None:
+        """No KeyboardInterrupt in the debugger's code (see UserCode.not_in)."""
+        self._user.cells = CELL_PREFIX
+        self._user.not_in = folders
 
     async def interrupt_request(self, request: Message) -> Mapping[str, Any]:
         """Interrupt the running cell (spec: "Kernel interrupt"); see trikernel.execution."""

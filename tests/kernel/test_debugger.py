@@ -146,6 +146,24 @@ def test_a_breakpoint_in_a_cell_stops_there(fresh_kernel: Kernel) -> None:
     assert stream_text(msgs) == "2\n"
 
 
+def test_starting_the_debugger_writes_nothing_into_a_cell(fresh_kernel: Kernel) -> None:
+    # debugpy warns about frozen modules (Python 3.11+) on stderr when it starts, unless told
+    # not to: that text went into the output of the cell run last.
+    kernel = fresh_kernel
+    kernel.execute("x = 1")
+    start_debugging(kernel)
+    msg_id = kernel.kc.execute("pass")
+    seen = kernel.collect(
+        lambda msgs: any(
+            m["parent_header"].get("msg_id") == msg_id
+            and m["msg_type"] == "status"
+            and m["content"]["execution_state"] == "idle"
+            for m in msgs
+        )
+    )
+    assert [m["content"]["text"] for m in seen if m["msg_type"] == "stream"] == []
+
+
 @pytest.mark.parametrize("mode", ["message", "signal"])
 def test_an_interrupt_at_a_breakpoint_ends_the_cell(fresh_kernel: Kernel, mode: str) -> None:
     kernel = fresh_kernel
@@ -164,6 +182,16 @@ def test_an_interrupt_at_a_breakpoint_ends_the_cell(fresh_kernel: Kernel, mode: 
     assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
     reply, msgs = kernel.execute("print('alive')")
     assert stream_text(msgs) == "alive\n"
+    # The debugger is whole: raised in debugpy's wait at the breakpoint, the KeyboardInterrupt
+    # left every later request unanswered (30 s each) until the kernel restarted.
+    assert ok(dap(kernel, "debugInfo"))["stoppedThreads"] == []
+    assert ok(dap(kernel, "threads"))["threads"]
+    msg_id = kernel.kc.execute("f(2)")
+    thread = debug_event(kernel, "stopped")["body"]["threadId"]
+    frame = ok(dap(kernel, "stackTrace", threadId=thread))["stackFrames"][0]
+    assert (frame["name"], frame["line"]) == ("f", 2)
+    ok(dap(kernel, "continue", threadId=thread))
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs /proc and pidfd (Linux)")
