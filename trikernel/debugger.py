@@ -20,9 +20,11 @@ stop, and the kernel would stop answering with them.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
+import re
 import reprlib
 import shutil
 import sys
@@ -109,6 +111,11 @@ class Debugger:
     namespace: Callable[[], dict[str, Any]]
     kernel_threads: frozenset[str]
     interrupt_pending: Callable[[], bool]
+    rich_format: Callable[[object], tuple[dict[str, Any], dict[str, Any]]]
+    """A value's mime bundle and metadata, as ``display()`` would show it."""
+    keep_blank_lines: Callable[[bool], None]
+    """Called with True when a session starts, False when it ends: while debugging, a cell's
+    code keeps its leading blank lines, so its line numbers are those the frontend shows."""
     protect: Callable[[tuple[str, ...]], None]
     """Told debugpy's folders once it is imported: no KeyboardInterrupt may be raised there."""
     _endpoint: tuple[str, int] | None = None
@@ -153,7 +160,16 @@ class Debugger:
         if command == "setBreakpoints" and response.get("success"):
             path = (arguments.get("source") or {}).get("path")
             if isinstance(path, str):
-                self._breakpoints[path] = list(arguments.get("breakpoints") or [])
+                # Where debugpy put them (a mark on a blank line moves to code), which is
+                # what a frontend shows again when it reloads them from debugInfo.
+                placed = (response.get("body") or {}).get("breakpoints") or []
+                self._breakpoints[path] = [
+                    {"line": mark["line"]}
+                    for mark in placed
+                    if isinstance(mark, dict) and isinstance(mark.get("line"), int)
+                ]
+        elif command == "variables" and response.get("success"):
+            _hide_ipython_names(response)
         if command == "disconnect":
             await self._disconnect()
         return _as_reply(request, response)
@@ -170,6 +186,7 @@ class Debugger:
             ],
             "stoppedThreads": sorted(self._stopped),
             "richRendering": True,
+            "copyToGlobals": True,
             "exceptionPaths": [],
         }
 
@@ -217,18 +234,31 @@ class Debugger:
             raise DebugError("richInspectVariables: 'variableName' must be an identifier")
         frame_id = arguments.get("frameId")
         if frame_id is not None and self._stopped:
+            # Formatted in the stopped frame, by the shell's display formatter (HTML for a
+            # DataFrame, PNG for a figure), and read back from its repr.
             response = await self._request(
-                "evaluate", {"expression": name, "frameId": frame_id, "context": "watch"}
+                "evaluate",
+                {
+                    "expression": f"__import__('IPython').get_ipython().display_formatter"
+                    f".format({name})",
+                    "frameId": frame_id,
+                    "context": "clipboard",  # debugpy shortens what it returns for "watch"
+                },
             )
             if not response.get("success"):
                 raise DebugError(f"richInspectVariables: {response.get('message', 'failed')}")
-            text = (response.get("body") or {}).get("result", "")
+            try:
+                data, metadata = ast.literal_eval((response.get("body") or {}).get("result", ""))
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                raise DebugError(
+                    "richInspectVariables: its representation did not come back"
+                ) from None
         else:
             namespace = self.namespace()
             if name not in namespace:
                 raise DebugError(f"richInspectVariables: no variable named {name!r}")
-            text = _short_repr(namespace[name], full=True)
-        return {"data": {"text/plain": text}, "metadata": {}}
+            data, metadata = self.rich_format(namespace[name])
+        return {"data": data, "metadata": metadata}
 
     async def _copy_to_globals(self, arguments: dict[str, Any]) -> dict[str, Any]:
         src, dst = arguments.get("srcVariableName"), arguments.get("dstVariableName")
@@ -245,7 +275,16 @@ class Debugger:
         )
         if not response.get("success"):
             raise DebugError(f"copyToGlobals: {response.get('message', 'failed')}")
-        return response.get("body") or {}
+        # What was copied, as an evaluate of it answers (value, type, variablesReference).
+        response = await self._request(
+            "evaluate", {"expression": src, "frameId": frame_id, "context": "watch"}
+        )
+        body = response.get("body") or {}
+        return {
+            "value": body.get("result", ""),
+            "type": body.get("type", ""),
+            "variablesReference": body.get("variablesReference", 0),
+        }
 
     async def _modules(self, arguments: dict[str, Any]) -> dict[str, Any]:
         start = int(arguments.get("startModule") or 0)
@@ -285,6 +324,7 @@ class Debugger:
             raise DebugError(f"cannot reach debugpy's adapter at {host}:{port}: {exc}") from None
         self._initialized = trio.Event()
         self._configured = False
+        self.keep_blank_lines(True)
         self.nursery.start_soon(self._read, self._stream)
 
     def _start_debugpy(self) -> tuple[str, int]:
@@ -320,6 +360,10 @@ class Debugger:
     async def _disconnect(self) -> None:
         stream, self._stream = self._stream, None
         self._stopped.clear()
+        # Switched off, the debugger keeps no breakpoint: a frontend that switches it on again
+        # sends the ones it wants (JupyterLab clears its own when it switches off).
+        self._breakpoints.clear()
+        self.keep_blank_lines(False)
         if stream is not None:
             await stream.aclose()
 
@@ -392,6 +436,7 @@ class Debugger:
             if self._stream is stream:
                 self._stream = None
                 self._stopped.clear()
+                self.keep_blank_lines(False)
             for pending in self._pending.values():
                 pending.done.set()  # no response: the waiter reports the lost connection
 
@@ -492,6 +537,25 @@ def _short_repr(value: object, *, full: bool = False) -> str:
         return repr(value) if full else _repr.repr(value)
     except Exception as exc:  # noqa: BLE001 - a user's broken __repr__ must not fail the request
         return f"<repr failed: {type(exc).__name__}: {exc}>"
+
+
+# IPython's own entries in the user namespace: the input and output history and its
+# shortcuts, and the exit helpers.
+_IPYTHON_NAME = re.compile(r"In|Out|exit|quit|get_ipython|_{1,3}|_i{1,3}|_i\d+|_\d+|_[iod]h")
+
+
+def _hide_ipython_names(response: dict[str, Any]) -> None:
+    """Leave IPython's own names out of a ``variables`` response (in place)."""
+    body = response.get("body")
+    if not isinstance(body, dict):
+        return
+    variables = body.get("variables")
+    if isinstance(variables, list):
+        body["variables"] = [
+            v
+            for v in variables
+            if not (isinstance(v, dict) and _IPYTHON_NAME.fullmatch(str(v.get("name", ""))))
+        ]
 
 
 def _is_plumbing(name: str, value: object) -> bool:

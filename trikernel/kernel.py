@@ -858,6 +858,8 @@ class Kernel:
                     {_IO_THREAD, HEARTBEAT_THREAD, "IPythonHistorySavingThread"}
                 ),
                 interrupt_pending=lambda: self._user.interrupt_pending,
+                rich_format=lambda value: self.shell.mime_bundle(value),
+                keep_blank_lines=lambda keep: self.shell.keep_leading_blank_lines(keep),
                 protect=self._protect_debugger,
             )
         return await self._debugger.handle(request.content)

@@ -447,6 +447,27 @@ class ZMQInteractiveShell(InteractiveShell):
             }
         return stored
 
+    def keep_leading_blank_lines(self, keep: bool) -> None:
+        """Whether a cell's leading blank lines stay in its code (while debugging: IPython drops
+        them, which shifted every line of such a cell from the frontend's numbering, and a
+        breakpoint stopped on the wrong line or not at all). Any thread: the list of
+        transforms is replaced, never changed in place."""
+        from IPython.core.inputtransformer2 import leading_empty_lines
+
+        manager: Any = self.input_transformer_manager
+        transforms = list(manager.cleanup_transforms)
+        if keep and leading_empty_lines in transforms:
+            transforms.remove(leading_empty_lines)
+        elif not keep and leading_empty_lines not in transforms:
+            transforms.insert(0, leading_empty_lines)  # first, where IPython has it
+        manager.cleanup_transforms = transforms
+
+    def mime_bundle(self, value: object) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``value``'s data and metadata by mime type, as ``display(value)`` would send them."""
+        assert self.display_formatter is not None  # made in InteractiveShell.__init__
+        data, metadata = self.display_formatter.format(value)
+        return dict(data), dict(metadata)
+
     def show_exception(self) -> None:
         """Show the exception being handled as a cell's error would be (for callbacks)."""
         self.showtraceback()

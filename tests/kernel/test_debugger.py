@@ -146,6 +146,68 @@ def test_a_breakpoint_in_a_cell_stops_there(fresh_kernel: Kernel) -> None:
     assert stream_text(msgs) == "2\n"
 
 
+BLANK_FIRST = "\n\nclass Shown:\n    def _repr_html_(self):\n        return '<b>shown</b>'\nitem = Shown()\nlast = 1\n"
+
+
+def test_what_the_panel_shows_at_a_breakpoint(fresh_kernel: Kernel) -> None:
+    """JupyterLab's panel: lines as the cell numbers them, rich values, the variables without
+    IPython's own, Copy to Globals, and breakpoints as debugpy placed them."""
+    kernel = fresh_kernel
+    start_debugging(kernel)
+    info = ok(dap(kernel, "debugInfo"))
+    assert info["copyToGlobals"] is True  # else JupyterLab hides "Copy to Globals"
+    path = ok(dap(kernel, "dumpCell", code=BLANK_FIRST))["sourcePath"]
+    # Line 2 is blank: debugpy moves the mark, and debugInfo (which a frontend reloads its
+    # marks from) says where to.
+    marks = ok(dap(kernel, "setBreakpoints", source={"path": path}, breakpoints=[{"line": 2}]))
+    placed = marks["breakpoints"][0]["line"]
+    assert placed != 2
+    ok(dap(kernel, "configurationDone"))
+    assert ok(dap(kernel, "debugInfo"))["breakpoints"] == [
+        {"source": path, "breakpoints": [{"line": placed}]}
+    ]
+    # A cell that starts with blank lines stops where the frontend shows the mark, with
+    # nothing of the cell run yet (its lines used to be numbered without the blank ones).
+    ok(dap(kernel, "setBreakpoints", source={"path": path}, breakpoints=[{"line": 7}]))
+    msg_id = kernel.kc.execute(BLANK_FIRST)
+    thread = debug_event(kernel, "stopped")["body"]["threadId"]
+    frame = ok(dap(kernel, "stackTrace", threadId=thread))["stackFrames"][0]
+    assert (frame["source"]["path"], frame["line"]) == (path, 7)
+    scopes = ok(dap(kernel, "scopes", frameId=frame["id"]))["scopes"]
+    names = {
+        v["name"]
+        for v in ok(dap(kernel, "variables", variablesReference=scopes[0]["variablesReference"]))[
+            "variables"
+        ]
+    }
+    assert "item" in names  # (classes and functions are in groups of their own)
+    assert "last" not in names
+    assert not names & {"In", "Out", "exit", "quit", "_ih", "_oh", "_dh", "_i", "_"}
+    rich = ok(dap(kernel, "richInspectVariables", variableName="item", frameId=frame["id"]))
+    assert rich["data"]["text/html"] == "<b>shown</b>"
+    copied = ok(
+        dap(
+            kernel,
+            "copyToGlobals",
+            srcVariableName="item",
+            dstVariableName="copied",
+            srcFrameId=frame["id"],
+        )
+    )
+    assert copied["type"] == "Shown"
+    ok(dap(kernel, "continue", threadId=thread))
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    kernel.until_idle(msg_id)
+    assert (
+        ok(dap(kernel, "richInspectVariables", variableName="copied"))["data"]["text/html"]
+        == "<b>shown</b>"
+    )
+    # Switched off and on, it starts with no breakpoints: the frontend sends the ones it wants.
+    ok(dap(kernel, "disconnect", restart=False, terminateDebuggee=False))
+    start_debugging(kernel)
+    assert ok(dap(kernel, "debugInfo"))["breakpoints"] == []
+
+
 def test_starting_the_debugger_writes_nothing_into_a_cell(fresh_kernel: Kernel) -> None:
     # debugpy warns about frozen modules (Python 3.11+) on stderr when it starts, unless told
     # not to: that text went into the output of the cell run last.
