@@ -808,7 +808,11 @@ class Kernel:
 
     async def history_request(self, request: Message) -> Mapping[str, Any]:
         """Past inputs (and outputs) from IPython's history (spec: "History")."""
-        return {"status": "ok", "history": self.shell.history_for(request.content)}
+        try:
+            history = self.shell.history_for(request.content)
+        except ValueError as exc:  # an unknown access type, a bad 'n' or 'pattern'
+            raise RequestError(str(exc)) from None
+        return {"status": "ok", "history": history}
 
     async def is_complete_request(self, request: Message) -> Mapping[str, Any]:
         """Whether the code is a complete statement (spec: "Code completeness")."""

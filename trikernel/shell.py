@@ -15,7 +15,7 @@ kernel in seven places:
   ``display_data`` / ``update_display_data`` / ``clear_output``, tracebacks ``error``.
 - ``set_next_input``, the pager and ``exit`` become reply payloads.
 - History is IPython's, stored by IPython's save thread, but written outside the lock a cell
-  takes to store its input (:class:`_History`): no cell waits for SQLite's fsync.
+  takes to store its input (:class:`HistoryManager`): no cell waits for SQLite's fsync.
 - A cell's code is named after a hash of its source (:class:`_CellCompiler`), the file name a
   debugger frontend gives the cell, so its breakpoints hit (see :mod:`trikernel.debugger`).
 - The user's IPython profile is read as ipykernel reads it (:class:`IPythonProfile`): its config
@@ -40,6 +40,7 @@ from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import trio
+from IPython.core import history as ipython_history
 from IPython.core import page, payloadpage
 from IPython.core.application import BaseIPythonApplication
 from IPython.core.autocall import ZMQExitAutocall
@@ -48,7 +49,6 @@ from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import StdinNotImplementedError
-from IPython.core.history import HistoryManager
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from IPython.core.shellapp import InteractiveShellApp
 from IPython.utils.tokenutil import token_at_cursor
@@ -122,15 +122,18 @@ class _DisplayPublisher(DisplayPublisher):
 
 
 # IPython's save thread, once woken, writes when no cell was stored for _HISTORY_LINGER
-# seconds, or after _HISTORY_MAX_WAIT seconds of cells coming without a pause (see _History).
+# seconds, or after _HISTORY_MAX_WAIT seconds of cells coming without a pause (see
+# HistoryManager).
 # 50 ms rather than 10: a transaction (about 1.5 ms of CPU with its fsyncs) 10 ms after a cell
 # landed while that cell's output was still going out; a 10 MB write took 5-6% longer.
 _HISTORY_LINGER = 0.05
 _HISTORY_MAX_WAIT = 1.0
 
 
-class _History(HistoryManager):
+class HistoryManager(ipython_history.HistoryManager):
     """IPython's history, written to SQLite without making cells wait for the disk.
+
+    Named as IPython's class, so that ``%config HistoryManager`` finds it.
 
     What is stored, and where, is IPython's; two things differ in how it gets there:
 
@@ -250,7 +253,7 @@ class ZMQInteractiveShell(InteractiveShell):
 
     def init_history(self) -> None:
         # IPython's, with the history manager above.
-        self.history_manager = _History(shell=self, parent=self)
+        self.history_manager = HistoryManager(shell=self, parent=self)
         configurables: list[Any] = self.configurables
         configurables.append(self.history_manager)
 

@@ -468,6 +468,13 @@ def _error(reply: Msg) -> None:
     assert isinstance(reply["content"]["traceback"], list)
 
 
+def _request_error(reply: Msg) -> None:
+    """A bad request, said so in one line: no traceback of the kernel's own code."""
+    _error(reply)
+    assert reply["content"]["ename"] == "RequestError", reply["content"]
+    assert not any("trikernel" in line for line in reply["content"]["traceback"])
+
+
 def _sane_completion(code: str) -> Callable[[Msg], None]:
     def check(reply: Msg) -> None:
         c = reply["content"]
@@ -530,18 +537,26 @@ TYPED_CASES: dict[str, tuple[str, dict[str, Any], Callable[[Msg], None]]] = {
         {"code": "print", "cursor_pos": 5, "detail_level": "1"},
         _error,
     ),
-    "history_n_a_string": ("history_request", {"hist_access_type": "tail", "n": "10"}, _error),
-    "history_n_negative": ("history_request", {"hist_access_type": "tail", "n": -1}, _error),
-    "history_unknown_access_type": ("history_request", {"hist_access_type": "all"}, _error),
+    "history_n_a_string": (
+        "history_request",
+        {"hist_access_type": "tail", "n": "10"},
+        _request_error,
+    ),
+    "history_n_negative": (
+        "history_request",
+        {"hist_access_type": "tail", "n": -1},
+        _request_error,
+    ),
+    "history_unknown_access_type": ("history_request", {"hist_access_type": "all"}, _request_error),
     "history_range_session_a_word": (
         "history_request",
         {"hist_access_type": "range", "session": "x", "start": 0},
-        _error,
+        _request_error,
     ),
     "history_search_pattern_a_number": (
         "history_request",
         {"hist_access_type": "search", "pattern": 5},
-        _error,
+        _request_error,
     ),
     "is_complete_code_a_number": ("is_complete_request", {"code": 5}, _error),
     "kernel_info_with_unexpected_content": (

@@ -1,6 +1,6 @@
 """The shell's history manager: IPython's history, written without making cells wait.
 
-``trikernel.shell._History`` writes the entries outside the lock that ``store_inputs`` takes as
+``trikernel.shell.HistoryManager`` writes the entries outside the lock that ``store_inputs`` takes as
 each cell starts; writers still take turns, so a lookup that writes out first sees them all.
 IPython's save thread writes once cells pause, so a burst of cells shares one transaction.
 """
@@ -17,7 +17,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShellABC
 
 from trikernel import shell
-from trikernel.shell import _History
+from trikernel.shell import HistoryManager
 
 TIMEOUT = 5.0
 
@@ -33,9 +33,9 @@ InteractiveShellABC.register(_Shell)
 
 
 @pytest.fixture
-def history(tmp_path: Path) -> Iterator[_History]:
+def history(tmp_path: Path) -> Iterator[HistoryManager]:
     # A large cache: IPython's save thread stays asleep, so each test writes out by itself.
-    hm = _History(shell=_Shell(), hist_file=tmp_path / "history.sqlite", db_cache_size=1000)
+    hm = HistoryManager(shell=_Shell(), hist_file=tmp_path / "history.sqlite", db_cache_size=1000)
     yield hm
     hm.end_session()
     if hm.save_thread is not None:
@@ -43,18 +43,18 @@ def history(tmp_path: Path) -> Iterator[_History]:
 
 
 @pytest.fixture
-def woken_per_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_History]:
+def woken_per_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HistoryManager]:
     # IPython's default cache size: store_inputs wakes the save thread after every cell. The
     # pause is long enough that a test's burst of cells cannot contain one.
     monkeypatch.setattr(shell, "_HISTORY_LINGER", 0.5)
-    hm = _History(shell=_Shell(), hist_file=tmp_path / "history.sqlite", db_cache_size=0)
+    hm = HistoryManager(shell=_Shell(), hist_file=tmp_path / "history.sqlite", db_cache_size=0)
     yield hm
     hm.end_session()
     if hm.save_thread is not None:
         hm.save_thread.stop()
 
 
-def _recording_inserts(hm: _History) -> tuple[list[int], threading.Event]:
+def _recording_inserts(hm: HistoryManager) -> tuple[list[int], threading.Event]:
     """Record how many rows each SQL write of ``hm`` carries: (the counts, set after each)."""
     counts: list[int] = []
     wrote = threading.Event()
@@ -70,7 +70,7 @@ def _recording_inserts(hm: _History) -> tuple[list[int], threading.Event]:
     return counts, wrote
 
 
-def _blocking_insert(hm: _History) -> tuple[threading.Event, threading.Event]:
+def _blocking_insert(hm: HistoryManager) -> tuple[threading.Event, threading.Event]:
     """Make the next SQL write of ``hm`` wait: (it started, let it go on)."""
     started, release = threading.Event(), threading.Event()
     insert = hm._insert
@@ -90,7 +90,7 @@ def _in_thread(fn: Any, *args: Any) -> threading.Thread:
     return thread
 
 
-def test_storing_a_cell_does_not_wait_for_a_write_in_progress(history: _History) -> None:
+def test_storing_a_cell_does_not_wait_for_a_write_in_progress(history: HistoryManager) -> None:
     history.store_inputs(1, "a = 1")
     started, release = _blocking_insert(history)
     writer = _in_thread(history.writeout_cache)
@@ -104,7 +104,9 @@ def test_storing_a_cell_does_not_wait_for_a_write_in_progress(history: _History)
     assert [entry[2] for entry in history.get_tail(5, include_latest=True)] == ["a = 1", "b = 2"]
 
 
-def test_a_lookup_waits_for_a_write_in_progress_and_sees_its_entries(history: _History) -> None:
+def test_a_lookup_waits_for_a_write_in_progress_and_sees_its_entries(
+    history: HistoryManager,
+) -> None:
     history.store_inputs(1, "a = 1")
     started, release = _blocking_insert(history)
     writer = _in_thread(history.writeout_cache)
@@ -119,7 +121,7 @@ def test_a_lookup_waits_for_a_write_in_progress_and_sees_its_entries(history: _H
     assert [entry[2] for entry in found] == ["a = 1"]
 
 
-def test_outputs_are_written_with_the_inputs(history: _History) -> None:
+def test_outputs_are_written_with_the_inputs(history: HistoryManager) -> None:
     history.db_log_output = True
     history.store_inputs(1, "1 + 1")
     history.output_hist_reprs[1] = "2"
@@ -130,7 +132,7 @@ def test_outputs_are_written_with_the_inputs(history: _History) -> None:
 
 
 def test_the_save_thread_writes_a_burst_of_cells_in_one_transaction(
-    woken_per_cell: _History,
+    woken_per_cell: HistoryManager,
 ) -> None:
     counts, wrote = _recording_inserts(woken_per_cell)
     # Cells 50 ms apart for longer than one pause: none of the gaps is a pause.
@@ -144,7 +146,9 @@ def test_the_save_thread_writes_a_burst_of_cells_in_one_transaction(
     assert [row[0] for row in rows] == [f"x = {n}" for n in range(1, 16)]
 
 
-def test_the_save_thread_writes_a_single_cell_once_cells_pause(woken_per_cell: _History) -> None:
+def test_the_save_thread_writes_a_single_cell_once_cells_pause(
+    woken_per_cell: HistoryManager,
+) -> None:
     counts, wrote = _recording_inserts(woken_per_cell)
     woken_per_cell.store_inputs(1, "a = 1")
     assert wrote.wait(TIMEOUT), "the save thread did not write the cell"
