@@ -259,6 +259,39 @@ class Kernel:
         msg = self.parent()
         return {} if msg is None else message_dict(msg)
 
+    iopub_socket: ClassVar[object] = object()
+    """Stands for the iopub socket in :meth:`send_response` (it is no socket: iopub is the io
+    loop's to send on, see :mod:`trikernel.channels.iopub`)."""
+
+    def send_response(
+        self,
+        stream: object,
+        msg_or_type: str | Mapping[str, Any],
+        content: Mapping[str, Any] | None = None,
+        ident: object = None,
+        buffers: list[bytes] | tuple[bytes, ...] | None = None,
+        track: bool = False,
+        header: object = None,
+        metadata: Mapping[str, Any] | None = None,
+        channel: str | None = None,
+    ) -> None:
+        """ipykernel's way to publish, which libraries call as
+        ``kernel.send_response(kernel.iopub_socket, "display_data", content)``: the message
+        goes out as :meth:`publish` sends it, after everything published before it.
+
+        Raises:
+            ValueError: ``stream`` is not :attr:`iopub_socket` (replies and stdin are the
+                kernel's own to send).
+        """
+        if stream is not self.iopub_socket:
+            raise ValueError("trikernel's send_response publishes on iopub_socket only")
+        if not isinstance(msg_or_type, str):  # a message dict made by the caller
+            content = msg_or_type.get("content", content)
+            metadata = msg_or_type.get("metadata", metadata)
+            msg_or_type = str(msg_or_type.get("header", {}).get("msg_type", ""))
+        self.flush_output()  # text written before it goes before it, as with display()
+        self.publish(msg_or_type, content or {}, metadata=metadata, buffers=buffers or ())
+
     def flush_output(self) -> None:
         """Queue the text written so far ahead of whatever is published next: what waits in
         ``sys.stdout`` and ``sys.stderr`` and, on the main thread (the pipes' reader besides

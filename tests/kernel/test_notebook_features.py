@@ -184,6 +184,23 @@ def test_output_widget_captures_a_cell_and_a_callback(kernel: Kernel) -> None:
 # -- display and plots ---------------------------------------------------------------------
 
 
+def test_libraries_publish_as_on_ipykernel(kernel: Kernel) -> None:
+    # The call some libraries make to show something: ipykernel's send_response on iopub.
+    msgs = ok(
+        kernel,
+        "k = get_ipython().kernel\n"
+        "print('before')\n"
+        "k.send_response(k.iopub_socket, 'display_data',\n"
+        "                {'data': {'text/plain': 'sent'}, 'metadata': {}})",
+    )
+    shown = [m["msg_type"] for m in msgs if m["msg_type"] in ("stream", "display_data")]
+    assert shown == ["stream", "display_data"]
+    [display] = outputs(msgs, "display_data")
+    assert display["content"]["data"] == {"text/plain": "sent"}
+    reply, _ = kernel.execute("k.send_response(object(), 'stream', {})")
+    assert reply["content"]["ename"] == "ValueError"
+
+
 def test_matplotlib_inline_by_default(kernel: Kernel) -> None:
     msgs = ok(kernel, "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nNone")
     [figure] = outputs(msgs, "display_data")
