@@ -110,6 +110,10 @@ _INLINE_SHELL = frozenset({"comm_open", "comm_msg", "comm_close", "comm_info_req
 _SHELL_IN_IO = frozenset({"interrupt_request", "shutdown_request", "kernel_info_request"})
 
 
+_EXIT_GRACE = 0.1
+"""Seconds between the reply to a cell that called ``exit`` and the kernel's stop."""
+
+
 class RequestError(Exception):
     """A request's content is wrong; the reply says so with ``status: "error"``."""
 
@@ -823,8 +827,16 @@ class Kernel:
         if shell.exit_now:
             shell.exit_now = False
             if not shell.keepkernel_on_exit:
-                post(self._main_token, self._begin_shutdown)
+                post(self._io_token, self._io_nursery.start_soon, self._exit_after_grace)
         return reply
+
+    async def _exit_after_grace(self) -> None:
+        """IO loop: stop, as ``exit`` in a cell asked, once frontends had a moment to read the
+        reply and act on its ``ask_exit`` payload. jupyter console reads the reply only while
+        the kernel is alive, then sends its own shutdown_request: a kernel gone at once left it
+        at a prompt with no kernel."""
+        await trio.sleep(_EXIT_GRACE)
+        post(self._main_token, self._begin_shutdown)
 
     async def complete_request(self, request: Message) -> Mapping[str, Any]:
         """Completions at the cursor (spec: "Completion")."""

@@ -397,6 +397,23 @@ def test_shutdown_exits_in_order(fresh_kernel: Kernel) -> None:
     fresh_kernel.wait_exit()
 
 
+def test_exit_in_a_cell_lets_the_frontend_shut_the_kernel_down(fresh_kernel: Kernel) -> None:
+    # `exit` asks the frontend to exit (a payload); jupyter console then sends its own
+    # shutdown_request, which must find the kernel still there to answer it.
+    reply, _ = fresh_kernel.execute("exit")
+    assert reply["content"]["payload"] == [{"source": "ask_exit", "keepkernel": False}]
+    shutdown = fresh_kernel.control("shutdown_request")
+    assert fresh_kernel.reply(shutdown, "control")["content"]["status"] == "ok"
+    fresh_kernel.wait_exit()
+
+
+def test_exit_in_a_cell_stops_the_kernel_by_itself(fresh_kernel: Kernel) -> None:
+    # A notebook does nothing with the payload: the kernel stops, and the frontend restarts
+    # it, as after ipykernel's exit.
+    fresh_kernel.execute("exit")
+    fresh_kernel.wait_exit()
+
+
 def test_shutdown_while_cell_blocks(fresh_kernel: Kernel) -> None:
     msg_id = fresh_kernel.kc.execute("import time; print('before', flush=True); time.sleep(30)")
     fresh_kernel.started(msg_id)
