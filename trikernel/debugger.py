@@ -128,6 +128,9 @@ class Debugger:
     _configured: bool = False
     _breakpoints: dict[str, list[Any]] = attrs.Factory(dict)
     _stopped: set[int] = attrs.Factory(set)
+    _expandable: dict[int, tuple[object, str | None]] = attrs.Factory(dict)
+    """What the last inspectVariables' references stand for: a value, and an expression for it
+    in the user's namespace (None where there is none)."""
 
     # -- the frontend's side -------------------------------------------------------------------
 
@@ -154,6 +157,10 @@ class Debugger:
             raise DebugError(f"{command}: the debugger is not started (send initialize)")
         if command == "attach":
             return _as_reply(request, await self._attach(arguments))
+        if command == "variables" and not self._stopped:
+            expanded = self._expand(arguments)
+            if expanded is not None:  # a value of the user's globals, while nothing stops
+                return _response(request, expanded)
         if command == "configurationDone" and self._configured:
             return _response(request, None)  # sent already, during attach
         response = await self._request(command, arguments)
@@ -170,6 +177,7 @@ class Debugger:
                 ]
         elif command == "variables" and response.get("success"):
             _hide_ipython_names(response)
+
         if command == "disconnect":
             await self._disconnect()
         return _as_reply(request, response)
@@ -214,19 +222,50 @@ class Debugger:
     async def _inspect_variables(self, arguments: dict[str, Any]) -> dict[str, Any]:
         # The user's globals while nothing is stopped (a stopped frame's variables go through
         # DAP's scopes/variables). Read from this thread: the values may change meanwhile, as
-        # they may in any variable explorer of a running kernel.
+        # they may in any variable explorer of a running kernel. Containers and objects get a
+        # reference that a `variables` request expands (see _expand); each inspection starts
+        # the references afresh.
+        self._expandable.clear()
         variables = [
-            {
-                "name": name,
-                "value": _short_repr(value),
-                "type": type(value).__name__,
-                "evaluateName": name,
-                "variablesReference": 0,
-            }
+            self._variable(name, value, name)
             for name, value in list(self.namespace().items())
             if not name.startswith("_") and not _is_plumbing(name, value)
         ]
         return {"variables": variables}
+
+    def _variable(self, name: str, value: object, evaluate_name: str | None) -> dict[str, Any]:
+        reference = 0
+        if _children(value):
+            reference = len(self._expandable) + 1
+            self._expandable[reference] = (value, evaluate_name)
+        variable = {
+            "name": name,
+            "value": _short_repr(value),
+            "type": type(value).__name__,
+            "variablesReference": reference,
+        }
+        if evaluate_name is not None:
+            variable["evaluateName"] = evaluate_name
+        return variable
+
+    def _expand(self, arguments: dict[str, Any]) -> dict[str, Any] | None:
+        """A ``variables`` body for a reference :meth:`_inspect_variables` gave (None for any
+        other: debugpy's, of a stopped frame)."""
+        found = self._expandable.get(arguments.get("variablesReference", 0))
+        if found is None:
+            return None
+        value, evaluate_name = found
+        start = arguments.get("start") or 0
+        count = arguments.get("count") or _MAX_CHILDREN
+        children = _children(value)[start : start + count]
+        return {
+            "variables": [
+                self._variable(
+                    label, child, None if evaluate_name is None else evaluate_name + access
+                )
+                for label, access, child in children
+            ]
+        }
 
     async def _rich_inspect_variables(self, arguments: dict[str, Any]) -> dict[str, Any]:
         name = arguments.get("variableName")
@@ -387,7 +426,8 @@ class Debugger:
             raise DebugError(f"{command}: the debugger is not connected")
         self._seq += 1
         seq = self._seq
-        self._pending[seq] = _Pending()
+        thread = arguments.get("threadId")
+        self._pending[seq] = _Pending(command, thread if isinstance(thread, int) else None)
         body = json.dumps(
             {"seq": seq, "type": "request", "command": command, "arguments": arguments}
         ).encode()
@@ -445,6 +485,8 @@ class Debugger:
         if kind == "response":
             pending = self._pending.get(message.get("request_seq", -1))
             if pending is not None:
+                if pending.command in _RESUMING and message.get("success"):
+                    self._resumed(pending.thread, message.get("body") or {})
                 pending.response = message
                 pending.done.set()
         elif kind == "event":
@@ -463,9 +505,22 @@ class Debugger:
                     self._stopped.discard(body.get("threadId", -1))
             self.publish_event(message)
 
+    def _resumed(self, thread: int | None, body: dict[str, Any]) -> None:
+        # The thread runs on. debugpy sends no `continued` event for what the frontend asked
+        # for itself (DAP leaves that out), so a thread continued this way stayed "stopped"
+        # in debugInfo. Done as the response is read, in order with the events: the
+        # `stopped` of a step comes after its response.
+        if thread is None or body.get("allThreadsContinued", False):
+            self._stopped.clear()
+        else:
+            self._stopped.discard(thread)
+
 
 @attrs.define(eq=False)
 class _Pending:
+    command: str
+    thread: int | None
+    """The request's threadId, if it names one."""
     done: trio.Event = attrs.Factory(trio.Event)
     response: dict[str, Any] | None = None
 
@@ -558,8 +613,44 @@ def _hide_ipython_names(response: dict[str, Any]) -> None:
         ]
 
 
+_RESUMING = frozenset({"continue", "next", "stepIn", "stepOut", "stepBack", "reverseContinue"})
+"""DAP requests that let a stopped thread run (until it stops again)."""
+
+_MAX_CHILDREN = 300
+"""Children a variables request lists unless it asks for a page (start, count)."""
+
+
+def _children(value: object) -> list[tuple[str, str, object]]:
+    """What a variable explorer shows inside ``value``: (label, Python access, child).
+
+    Items of dicts, lists, tuples and sets; an object's own attributes (its ``__dict__``, not
+    properties: reading one may run code). Strings, numbers and the like have none.
+    """
+    try:
+        if isinstance(value, dict):
+            return [(repr(k), f"[{k!r}]", v) for k, v in list(value.items())[:_LIMIT]]
+        if isinstance(value, (list, tuple)):
+            return [(str(i), f"[{i}]", v) for i, v in enumerate(value[:_LIMIT])]
+        if isinstance(value, (set, frozenset)):
+            return [(str(i), "", v) for i, v in enumerate(list(value)[:_LIMIT])]
+        if isinstance(value, (str, bytes, bytearray, int, float, complex, bool, type)) or (
+            value is None or _is_module(value)
+        ):
+            return []
+        attributes = list(vars(value).items())[:_LIMIT]
+    except (TypeError, RuntimeError):  # no __dict__; changed size while listed
+        return []
+    return [(name, f".{name}", child) for name, child in attributes if not name.startswith("_")]
+
+
+_LIMIT = 10_000
+"""Children listed at most for one value (pages come out of these)."""
+
+
+def _is_module(value: object) -> bool:
+    return type(value).__name__ == "module"
+
+
 def _is_plumbing(name: str, value: object) -> bool:
     # IPython's own entries in the user namespace, and modules (what ipykernel hides too).
-    return name in {"In", "Out", "get_ipython", "exit", "quit", "open"} or (
-        type(value).__name__ == "module"
-    )
+    return name in {"In", "Out", "get_ipython", "exit", "quit", "open"} or _is_module(value)

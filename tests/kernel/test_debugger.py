@@ -202,6 +202,20 @@ def test_what_the_panel_shows_at_a_breakpoint(fresh_kernel: Kernel) -> None:
         ok(dap(kernel, "richInspectVariables", variableName="copied"))["data"]["text/html"]
         == "<b>shown</b>"
     )
+    # With nothing stopped, the explorer's containers and objects still open up.
+    kernel.execute("nested = {'a': [1, 2]}")
+    assert ok(dap(kernel, "debugInfo"))["stoppedThreads"] == []
+    found = {v["name"]: v for v in ok(dap(kernel, "inspectVariables"))["variables"]}
+    inside = ok(dap(kernel, "variables", variablesReference=found["nested"]["variablesReference"]))
+    [entry] = inside["variables"]
+    assert (entry["name"], entry["value"], entry["evaluateName"]) == (
+        "'a'",
+        "[1, 2]",
+        "nested['a']",
+    )
+    items = ok(dap(kernel, "variables", variablesReference=entry["variablesReference"]))
+    assert [v["value"] for v in items["variables"]] == ["1", "2"]
+    assert found["item"]["variablesReference"] == 0  # no attributes of its own
     # Switched off and on, it starts with no breakpoints: the frontend sends the ones it wants.
     ok(dap(kernel, "disconnect", restart=False, terminateDebuggee=False))
     start_debugging(kernel)
