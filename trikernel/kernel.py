@@ -1192,14 +1192,11 @@ def _attribute_threads() -> None:
     def start(self: threading.Thread) -> None:
         request, cell = current_request.get(), current_cell.get()
         if request is not None:
-            run = self.run
-
-            def run_in_cell() -> None:
-                current_request.set(request)
-                current_cell.set(cell)
-                run()
-
-            self.run = run_in_cell  # type: ignore[method-assign]
+            context = contextvars.Context()
+            context.run(current_request.set, request)
+            context.run(current_cell.set, cell)
+            # Both C callables: a traceback from the thread shows no frame of the kernel's.
+            self.run = functools.partial(context.run, self.run)  # type: ignore[method-assign]
         original_start(self)
 
     start._trikernel = True  # type: ignore[attr-defined]

@@ -240,6 +240,19 @@ def test_timeout_magic_for_awaiting_and_blocking_cells(kernel: Kernel) -> None:
     assert reply["content"]["ename"] == "UsageError"
 
 
+def test_an_error_in_a_thread_shows_the_users_frames_only(kernel: Kernel) -> None:
+    reply, msgs = kernel.execute(
+        "import threading\n"
+        "def boom():\n"
+        "    raise ValueError('in the thread')\n"
+        "t = threading.Thread(target=boom); t.start(); t.join()"
+    )
+    assert reply["content"]["status"] == "ok"
+    shown = stream_text(msgs, "stderr")
+    assert "ValueError: in the thread" in shown
+    assert "/trikernel/" not in shown  # the frame of the kernel's that carried its context
+
+
 def test_thread_output_goes_to_the_cell_that_started_it(kernel: Kernel) -> None:
     start = kernel.kc.execute(
         "import threading\n"
