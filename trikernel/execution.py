@@ -200,6 +200,14 @@ class UserCode(trio.abc.Instrument):
             self._idle = trio.Event()
             await self._idle.wait()
 
+    def cancel_task(self, task: trio.lowlevel.Task) -> None:
+        """Interrupt the request whose code ``task`` runs, if one does (main loop only)."""
+        for run in self._running:
+            if run.task is task:
+                if run.reason is None:
+                    run.reason = "interrupt"
+                run.scope.cancel()
+
     def cancel_all(self, reason: CancelReason) -> None:
         """Cancel every running request's scope (main loop only)."""
         for run in self._running:

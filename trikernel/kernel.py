@@ -146,6 +146,8 @@ class _Shell:
 
     send: trio.MemorySendChannel[_Incoming]
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    task: trio.lowlevel.Task | None = None
+    """The task that runs its requests, once started."""
     abort_before: float = -math.inf
     """Execute requests received before this ``time.monotonic()`` are aborted (a failed or
     interrupted cell); per shell, so a failure in a subshell aborts only its own queue."""
@@ -398,6 +400,9 @@ class Kernel:
                 self._ports = await nursery.start(run_loop_in_thread, self._serve_io, _IO_THREAD)
                 self._write_connection_file()
                 self._install_io()
+                # Once, at the process's start (spec); only a client subscribed this early
+                # sees it.
+                self.publish("status", {"execution_state": "starting"})
                 # What only the main thread uses loads now, after the sockets are bound:
                 # IPython above all (docs/architecture.md, "Startup").
                 from .comms import install_comms
@@ -658,21 +663,28 @@ class Kernel:
         shell = self._shells[subshell] = _Shell(send)
 
         async def run() -> None:
+            shell.task = trio.lowlevel.current_task()
             with shell.scope:
-                await self._run_in_order(receive)
+                await self._run_in_order(shell, receive)
 
         name = "shell" if subshell is None else f"subshell {subshell}"
         self._shell_nursery.start_soon(run, name=name)
 
     def _close_shell(self, subshell: str) -> None:
-        """Main loop: stop a subshell; what runs in it is cancelled, what waits is dropped."""
+        """Main loop: stop a subshell. Every request sent to it is answered: the cell running
+        in it is interrupted (a cell that blocks has ended by now: nothing else ran while it
+        did), the cells waiting are aborted, then its task ends."""
         shell = self._shells.pop(subshell, None)
         if shell is not None:
+            shell.abort_before = math.inf
             shell.send.close()
-            shell.scope.cancel()
+            if shell.task is not None:
+                self._user.cancel_task(shell.task)
 
     @trio.lowlevel.enable_ki_protection
-    async def _run_in_order(self, receive: trio.MemoryReceiveChannel[_Incoming]) -> None:
+    async def _run_in_order(
+        self, shell: _Shell, receive: trio.MemoryReceiveChannel[_Incoming]
+    ) -> None:
         # A portal lets sync code in a cell (input()) await on this loop: while a cell waits
         # for input, background tasks and comm handlers keep running. Once per task.
         #
@@ -686,34 +698,44 @@ class Kernel:
         # code (trikernel.execution, rule 2).
         import greenback  # loaded after the sockets are bound, as IPython is
 
-        await greenback.with_portal_run(self._serve_in_order, receive)
+        await greenback.with_portal_run(self._serve_in_order, shell, receive)
 
     @trio.lowlevel.enable_ki_protection
-    async def _serve_in_order(self, receive: trio.MemoryReceiveChannel[_Incoming]) -> None:
+    async def _serve_in_order(
+        self, shell: _Shell, receive: trio.MemoryReceiveChannel[_Incoming]
+    ) -> None:
         async for incoming in receive:
             # With subshells the last one to start a request decides; either way is correct.
             waiting = receive.statistics().current_buffer_used
             self._more_requests = waiting > 0 or self._shell_inbox.waiting() > 0
-            await self._run_shell_request(incoming)
+            await self._run_shell_request(incoming, shell)
 
     @trio.lowlevel.enable_ki_protection
-    async def _run_shell_request(self, incoming: _Incoming) -> None:
+    async def _run_shell_request(self, incoming: _Incoming, shell: _Shell | None = None) -> None:
+        # A comm message or comm_info handled while a cell runs (or awaits) says nothing of
+        # busy or idle: its idle would tell the frontend the kernel is idle while the cell still
+        # runs (JupyterLab's status shows the latest one). The kernel is busy already.
+        statuses = not (incoming.msg.msg_type in _INLINE_SHELL and self._requests_running)
         self._requests_running += 1
         try:
-            await self._answer_shell_request(incoming)
+            await self._answer_shell_request(incoming, shell, statuses=statuses)
         finally:
             self._requests_running -= 1
             if not self._requests_running and self._requests_done is not None:
                 self._requests_done.set()
 
     @trio.lowlevel.enable_ki_protection
-    async def _answer_shell_request(self, incoming: _Incoming) -> None:
+    async def _answer_shell_request(
+        self, incoming: _Incoming, shell: _Shell | None, *, statuses: bool
+    ) -> None:
+        """Answer one request; ``shell`` is the one whose queue it came from (None for what
+        is answered at once: comm messages, comm_info)."""
         msg = incoming.msg
         self._last_parent = msg
-        self._status("busy", msg)
+        if statuses:
+            self._status("busy", msg)
         token = current_request.set(msg)
         try:
-            shell = self._shells.get(incoming.subshell)
             abort_before = shell.abort_before if shell is not None else -math.inf
             aborting = self._shutdown_started or incoming.received < abort_before
             if msg.msg_type == "execute_request" and aborting:
@@ -726,7 +748,8 @@ class Kernel:
             self._reply("shell", msg, content)
         # Text the request wrote at the file-descriptor level belongs before its idle.
         self._fd_captures.drain()
-        self._status("idle", msg)
+        if statuses:
+            self._status("idle", msg)
 
     # -- handlers: shell ---------------------------------------------------------------------
 
@@ -885,7 +908,7 @@ class Kernel:
             "banner": self.banner,
             "help_links": self.help_links,
             "debugger": _has_debugpy(),
-            "supported_features": ["kernel subshells"],
+            "supported_features": ["kernel subshells", *(["debugger"] if _has_debugpy() else [])],
         }
 
     async def debug_request(self, request: Message) -> Mapping[str, Any]:

@@ -472,8 +472,12 @@ class ZMQInteractiveShell(InteractiveShell):
         return dict(data), dict(metadata)
 
     def show_exception(self) -> None:
-        """Show the exception being handled as a cell's error would be (for callbacks)."""
-        self.showtraceback()
+        """Show the exception being handled as a cell's error would be (for callbacks), from
+        the user's frames on: the kernel's that called the callback are left out."""
+        exc = sys.exc_info()[1]
+        if exc is None:
+            return
+        self.showtraceback((type(exc), exc, _user_frames(exc.__traceback__)), tb_offset=0)
 
     def show_interruption(self, exc: BaseException) -> None:
         """Publish the error for a KeyboardInterrupt / deadline raised in blocking code."""

@@ -75,7 +75,43 @@ def test_comm_callback_error_is_shown_not_swallowed(kernel: Kernel) -> None:
     msg_id = send_comm(kernel, "comm_msg", {"comm_id": comm_id, "data": {}})
     error = kernel.iopub_until(msg_id, lambda m: m["msg_type"] == "error")[-1]
     assert error["content"]["ename"] == "ZeroDivisionError"
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["content"]["traceback"]))
+    assert "/trikernel/" not in shown  # the kernel's frame that called the callback
+    assert "lambda msg: 1 / 0" in shown
     assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
+
+
+def test_a_comm_message_during_a_cell_leaves_the_kernel_busy(kernel: Kernel) -> None:
+    # The widget case: a cell awaits while the frontend sends comm messages. The kernel's
+    # status must not turn idle (JupyterLab shows the latest) before the cell ends.
+    ok(
+        kernel,
+        "import comm, trio\n"
+        "got = trio.Event()\n"
+        "def on_open(c, msg):\n"
+        "    c.on_msg(lambda msg: got.set())\n"
+        "comm.get_comm_manager().register_target('poke', on_open)",
+    )
+    cell = kernel.kc.execute("await got.wait()")
+    kernel.started(cell)
+    comm_id = uuid.uuid4().hex
+    opened = send_comm(kernel, "comm_open", {"comm_id": comm_id, "target_name": "poke", "data": {}})
+    poked = send_comm(kernel, "comm_msg", {"comm_id": comm_id, "data": {}})
+    assert kernel.reply(cell)["content"]["status"] == "ok"
+    seen = kernel.collect(
+        lambda msgs: any(
+            m["parent_header"].get("msg_id") == cell
+            and m["msg_type"] == "status"
+            and m["content"]["execution_state"] == "idle"
+            for m in msgs
+        )
+    )
+    comm_statuses = [
+        m
+        for m in seen
+        if m["msg_type"] == "status" and m["parent_header"].get("msg_id") in (opened, poked)
+    ]
+    assert comm_statuses == []
 
 
 def _widget_comm_id(msgs: list[dict], model: str) -> str:

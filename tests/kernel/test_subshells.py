@@ -97,3 +97,31 @@ def test_request_for_an_unknown_subshell_gets_an_error(
     assert [m["content"]["execution_state"] for m in outputs(msgs, "status")] == ["busy", "idle"]
     assert stream_text(msgs) == ""
     assert stream_text(kernel.execute("print('fine')")[1]) == "fine\n"
+
+
+def test_deleting_a_subshell_answers_every_request_sent_to_it(kernel: Kernel) -> None:
+    subshell = control(kernel, "create_subshell_request")["subshell_id"]
+    running = execute_in(
+        kernel, subshell, "import trio\nprint('waiting', flush=True)\nawait trio.sleep(30)"
+    )
+    kernel.iopub_until(running, lambda m: m["msg_type"] == "stream")
+    queued = execute_in(kernel, subshell, "'never run'")
+    assert control(kernel, "delete_subshell_request", {"subshell_id": subshell})["status"] == "ok"
+    # A frontend waiting on either would wait for ever without its reply.
+    replies = kernel.replies(running, queued)
+    assert replies[running]["content"]["ename"] == "KeyboardInterrupt"
+    # Aborted if it was in the subshell's queue when the delete came, refused as sent to a
+    # subshell that is gone if the delete (on control) overtook it on its way there.
+    queued_reply = replies[queued]["content"]
+    assert queued_reply["status"] == "aborted" or queued_reply["ename"] == "UnknownSubshell"
+    kernel.collect(
+        lambda msgs: (
+            {running, queued}
+            <= {
+                m["parent_header"].get("msg_id")
+                for m in msgs
+                if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
+            }
+        )
+    )
+    assert kernel.execute("1 + 1")[0]["content"]["status"] == "ok"
