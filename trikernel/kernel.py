@@ -891,6 +891,7 @@ class Kernel:
 
     async def kernel_info_request(self, request: Message) -> Mapping[str, Any]:
         """Who this kernel is (spec: "Kernel info"); also answered on control (5.5)."""
+        debugger = _has_debugpy()
         return {
             "status": "ok",
             "protocol_version": PROTOCOL_VERSION,
@@ -907,8 +908,8 @@ class Kernel:
             },
             "banner": self.banner,
             "help_links": self.help_links,
-            "debugger": _has_debugpy(),
-            "supported_features": ["kernel subshells", *(["debugger"] if _has_debugpy() else [])],
+            "debugger": debugger,
+            "supported_features": ["kernel subshells", *(["debugger"] if debugger else [])],
         }
 
     async def debug_request(self, request: Message) -> Mapping[str, Any]:

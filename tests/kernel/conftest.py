@@ -91,6 +91,19 @@ class Kernel:
             seen.append(self.kc.get_iopub_msg(timeout=remaining))
         return seen
 
+    def all_until_idle(self, *msg_ids: str, timeout: float = TIMEOUT) -> list[Msg]:
+        """Every iopub message, of any request, until each of ``msg_ids`` has had its idle."""
+
+        def idle_of_each(msgs: list[Msg]) -> bool:
+            idle = {
+                m["parent_header"].get("msg_id")
+                for m in msgs
+                if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
+            }
+            return set(msg_ids) <= idle
+
+        return self.collect(idle_of_each, timeout)
+
     def until_idle(self, msg_id: str, timeout: float = TIMEOUT) -> list[Msg]:
         """iopub messages of ``msg_id`` through its ``idle`` status."""
         return self.iopub_until(

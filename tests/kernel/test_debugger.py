@@ -229,14 +229,7 @@ def test_starting_the_debugger_writes_nothing_into_a_cell(fresh_kernel: Kernel) 
     kernel.execute("x = 1")
     start_debugging(kernel)
     msg_id = kernel.kc.execute("pass")
-    seen = kernel.collect(
-        lambda msgs: any(
-            m["parent_header"].get("msg_id") == msg_id
-            and m["msg_type"] == "status"
-            and m["content"]["execution_state"] == "idle"
-            for m in msgs
-        )
-    )
+    seen = kernel.all_until_idle(msg_id)
     assert [m["content"]["text"] for m in seen if m["msg_type"] == "stream"] == []
 
 

@@ -98,14 +98,7 @@ def test_a_comm_message_during_a_cell_leaves_the_kernel_busy(kernel: Kernel) -> 
     opened = send_comm(kernel, "comm_open", {"comm_id": comm_id, "target_name": "poke", "data": {}})
     poked = send_comm(kernel, "comm_msg", {"comm_id": comm_id, "data": {}})
     assert kernel.reply(cell)["content"]["status"] == "ok"
-    seen = kernel.collect(
-        lambda msgs: any(
-            m["parent_header"].get("msg_id") == cell
-            and m["msg_type"] == "status"
-            and m["content"]["execution_state"] == "idle"
-            for m in msgs
-        )
-    )
+    seen = kernel.all_until_idle(cell)
     comm_statuses = [
         m
         for m in seen

@@ -114,14 +114,5 @@ def test_deleting_a_subshell_answers_every_request_sent_to_it(kernel: Kernel) ->
     # subshell that is gone if the delete (on control) overtook it on its way there.
     queued_reply = replies[queued]["content"]
     assert queued_reply["status"] == "aborted" or queued_reply["ename"] == "UnknownSubshell"
-    kernel.collect(
-        lambda msgs: (
-            {running, queued}
-            <= {
-                m["parent_header"].get("msg_id")
-                for m in msgs
-                if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
-            }
-        )
-    )
+    kernel.all_until_idle(running, queued)
     assert kernel.execute("1 + 1")[0]["content"]["status"] == "ok"
