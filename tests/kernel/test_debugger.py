@@ -157,11 +157,10 @@ def test_what_the_panel_shows_at_a_breakpoint(fresh_kernel: Kernel) -> None:
     info = ok(dap(kernel, "debugInfo"))
     assert info["copyToGlobals"] is True  # else JupyterLab hides "Copy to Globals"
     path = ok(dap(kernel, "dumpCell", code=BLANK_FIRST))["sourcePath"]
-    # Line 2 is blank: debugpy moves the mark, and debugInfo (which a frontend reloads its
-    # marks from) says where to.
+    # Line 2 is blank: debugpy may move the mark (on Python 3.11 and later it does), and
+    # debugInfo (which a frontend reloads its marks from) says where it is.
     marks = ok(dap(kernel, "setBreakpoints", source={"path": path}, breakpoints=[{"line": 2}]))
     placed = marks["breakpoints"][0]["line"]
-    assert placed != 2
     ok(dap(kernel, "configurationDone"))
     assert ok(dap(kernel, "debugInfo"))["breakpoints"] == [
         {"source": path, "breakpoints": [{"line": placed}]}
