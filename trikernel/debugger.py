@@ -21,6 +21,7 @@ stop, and the kernel would stop answering with them.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import threading
 from array import array
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -235,7 +236,7 @@ class Debugger:
 
     def _variable(self, name: str, value: object, evaluate_name: str | None) -> dict[str, Any]:
         reference = 0
-        if _children(value):
+        if _children(value, limit=1):  # has any: the list is made when it is opened
             reference = len(self._expandable) + 1
             self._expandable[reference] = (value, evaluate_name)
         variable = {
@@ -257,11 +258,13 @@ class Debugger:
         value, evaluate_name = found
         start = arguments.get("start") or 0
         count = arguments.get("count") or _MAX_CHILDREN
-        children = _children(value)[start : start + count]
+        children = _children(value, limit=min(start + count, _LIMIT))[start:]
         return {
             "variables": [
                 self._variable(
-                    label, child, None if evaluate_name is None else evaluate_name + access
+                    label,
+                    child,
+                    None if evaluate_name is None or access is None else evaluate_name + access,
                 )
                 for label, access, child in children
             ]
@@ -618,33 +621,38 @@ _RESUMING = frozenset({"continue", "next", "stepIn", "stepOut", "stepBack", "rev
 
 _MAX_CHILDREN = 300
 """Children a variables request lists unless it asks for a page (start, count)."""
+_LIMIT = 10_000
+"""Children listed at most for one value (pages come out of these)."""
 
 
-def _children(value: object) -> list[tuple[str, str, object]]:
-    """What a variable explorer shows inside ``value``: (label, Python access, child).
+def _children(value: object, limit: int = _LIMIT) -> list[tuple[str, str | None, object]]:
+    """What a variable explorer shows inside ``value``, the first ``limit`` of it: (label,
+    Python access from the value, or None where there is none, child).
 
     Items of dicts, lists, tuples and sets; an object's own attributes (its ``__dict__``, not
     properties: reading one may run code). Strings, numbers and the like have none.
     """
+    found: Iterable[tuple[str, str | None, object]]
     try:
         if isinstance(value, dict):
-            return [(repr(k), f"[{k!r}]", v) for k, v in list(value.items())[:_LIMIT]]
-        if isinstance(value, (list, tuple)):
-            return [(str(i), f"[{i}]", v) for i, v in enumerate(value[:_LIMIT])]
-        if isinstance(value, (set, frozenset)):
-            return [(str(i), "", v) for i, v in enumerate(list(value)[:_LIMIT])]
-        if isinstance(value, (str, bytes, bytearray, int, float, complex, bool, type)) or (
+            found = ((repr(k), f"[{k!r}]", v) for k, v in list(value.items()))
+        elif isinstance(value, (list, tuple)):
+            found = ((str(i), f"[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, (set, frozenset)):
+            found = ((str(i), None, v) for i, v in enumerate(list(value)))
+        elif isinstance(value, (str, bytes, bytearray, int, float, complex, bool, type)) or (
             value is None or _is_module(value)
         ):
             return []
-        attributes = list(vars(value).items())[:_LIMIT]
+        else:
+            found = (
+                (name, f".{name}", child)
+                for name, child in list(vars(value).items())
+                if not name.startswith("_")
+            )
+        return list(itertools.islice(found, limit))
     except (TypeError, RuntimeError):  # no __dict__; changed size while listed
         return []
-    return [(name, f".{name}", child) for name, child in attributes if not name.startswith("_")]
-
-
-_LIMIT = 10_000
-"""Children listed at most for one value (pages come out of these)."""
 
 
 def _is_module(value: object) -> bool:
