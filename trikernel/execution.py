@@ -105,6 +105,9 @@ class Run:
     active: bool = True
     watchdog: trio.CancelScope | None = None
     """The io loop's deadline watch for this run, if it has a timeout."""
+    input_wait: trio.CancelScope | None = None
+    """While its code waits in ``input()``: that wait's scope (see :meth:`UserCode.input_wait`)."""
+    input_interrupted: bool = False
 
 
 # No attrs repr: the SIGINT handler is a method of this object, and a cell that looks at
@@ -119,8 +122,9 @@ class UserCode(trio.abc.Instrument):
 
     token: trio.lowlevel.TrioToken
     _running: list[Run] = attrs.field(init=False, factory=list)
-    # Interrupt bookkeeping: numbers only grow. The io loop writes _requested; the main thread
-    # writes the other two. An interrupt n is pending while _handled < n and code runs.
+    # Interrupt bookkeeping: numbers only grow. The io loop writes _requested (and _handled
+    # when the user's own SIGINT handler took it); the main thread writes the other two. An
+    # interrupt n is pending while _handled < n and code runs.
     _requested: int = attrs.field(init=False, default=0)
     _handled: int = attrs.field(init=False, default=0)
     _cancelled_upto: int = attrs.field(init=False, default=0)
@@ -190,6 +194,11 @@ class UserCode(trio.abc.Instrument):
                 self._running.remove(run)
                 if not self._running:
                     signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+                    if signal.getsignal(signal.SIGINT) != self._on_sigint:
+                        # A SIGINT handler user code put in is its own while its request
+                        # runs; after, interrupts are the kernel's again. (pdb leaves its
+                        # handler in after `continue`: every later interrupt broke into it.)
+                        signal.signal(signal.SIGINT, self._on_sigint)
                     self._handled = self._requested
                     if self._idle is not None:
                         self._idle.set()
@@ -206,14 +215,52 @@ class UserCode(trio.abc.Instrument):
             if run.task is task:
                 if run.reason is None:
                     run.reason = "interrupt"
-                run.scope.cancel()
+                self._cancel(run)
 
     def cancel_all(self, reason: CancelReason) -> None:
-        """Cancel every running request's scope (main loop only)."""
+        """Cancel every running request's scope (main loop only); an interrupt ends only the
+        wait of a request whose code waits in ``input()`` (see :meth:`input_wait`)."""
         for run in self._running:
+            if reason == "interrupt" and run.reason is None and run.input_wait is not None:
+                run.input_interrupted = True
+                run.input_wait.cancel()
+                continue
             if run.reason is None:
                 run.reason = reason
-            run.scope.cancel()
+            self._cancel(run)
+
+    @staticmethod
+    def _cancel(run: Run) -> None:
+        run.scope.cancel()
+        if run.input_wait is not None:  # shielded from the run's scope
+            run.input_wait.cancel()
+
+    @contextmanager
+    def input_wait(self) -> Iterator[trio.CancelScope]:
+        """The body awaits the frontend's answer to ``input()`` called by a request's code, in
+        the code's task (main loop).
+
+        An interrupt meanwhile ends the wait, not the request: ``KeyboardInterrupt`` is raised
+        here, so ``input()`` raises it where it was called, as after Ctrl-C in a terminal, and
+        code that catches it goes on (``while True: try: input() except KeyboardInterrupt:
+        break``), its later awaits not cancelled. The wait is shielded from the request's own
+        scope, whose cancellations (shutdown, deadline, a deleted subshell) cancel it too: then
+        the body ends early, the scope yielded has ``cancelled_caught``, and the caller's next
+        checkpoint raises the request's Cancelled.
+        """
+        run = self._owner(trio.lowlevel.current_task())
+        if run is None:
+            yield trio.CancelScope()
+            return
+        with trio.CancelScope(shield=True) as scope:
+            run.input_wait = scope
+            try:
+                yield scope
+            finally:
+                run.input_wait = None
+        if run.input_interrupted:
+            run.input_interrupted = False
+            raise KeyboardInterrupt
 
     # -- interrupts (any thread) ---------------------------------------------------------------
 
@@ -257,6 +304,13 @@ class UserCode(trio.abc.Instrument):
             while True:
                 await trio.sleep(resend_every)
                 if not self.interrupt_pending:
+                    return
+                if signal.getsignal(signal.SIGINT) != self._on_sigint:
+                    # User code put a handler of its own in (a training loop's graceful stop,
+                    # pdb's while a program continues): that handler had the SIGINT, and is
+                    # the one to decide what an interrupt means. Sent again, it got a signal
+                    # every few milliseconds (pdb broke in, then the cell died at its prompt).
+                    self._handled = self._requested
                     return
                 self._resent = True
                 signal.pthread_kill(self._main_thread, signal.SIGINT)

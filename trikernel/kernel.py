@@ -70,13 +70,13 @@ from .channels import (
 from .debugger import CELL_PREFIX, Debugger, remove_cell_files
 from .execution import Run, UserCode, call_user_code, deadline_message, exception_text
 from .handoff import Mailbox, main_thread_signals_only, post, run_loop_in_thread
-from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session
+from .protocol import PROTOCOL_VERSION, Channel, ConnectionInfo, Message, Session, timestamp
 from .settings import KernelSettings
 from .streams import FdCapture, FdCaptures, OutStream
 from .tasks import BackgroundTasks, background
 from .usage import UsageMeter
 
-__all__ = ["Kernel", "RequestError", "ainput", "current_cell", "current_request"]
+__all__ = ["Kernel", "RequestError", "ainput", "current_cell", "current_request", "started_by"]
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -90,6 +90,11 @@ _IO_THREAD = "trikernel-io"
 #: The request whose handling is running in this context (trio copies it into spawned tasks).
 current_request: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
     "trikernel_current_request", default=None
+)
+#: The request whose handling started this thread or background task, which may outlive it
+#: (see :meth:`Kernel.parent`). Set instead of ``current_request`` there.
+started_by: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
+    "trikernel_started_by", default=None
 )
 #: The execution count of the cell running in this context, if one is.
 current_cell: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -109,6 +114,9 @@ _INLINE_SHELL = frozenset({"comm_open", "comm_msg", "comm_close", "comm_info_req
 # a frontend learns the kernel is up while IPython still loads (execute requests wait for it).
 _SHELL_IN_IO = frozenset({"interrupt_request", "shutdown_request", "kernel_info_request"})
 
+
+_MAX_IDLE_LATER = 100
+"""kernel_info requests whose idle may wait for the running cell's (see Kernel._idle_soon)."""
 
 _EXIT_GRACE = 0.1
 """Seconds between the reply to a cell that called ``exit`` and the kernel's stop."""
@@ -173,6 +181,11 @@ class Kernel:
         {"text": "Python", "url": "https://docs.python.org/3/"},
         {"text": "trio", "url": "https://trio.readthedocs.io/"},
         {"text": "IPython", "url": "https://ipython.readthedocs.io/"},
+        {"text": "NumPy", "url": "https://numpy.org/doc/stable/"},
+        {"text": "SciPy", "url": "https://docs.scipy.org/doc/scipy/"},
+        {"text": "Matplotlib", "url": "https://matplotlib.org/stable/"},
+        {"text": "pandas", "url": "https://pandas.pydata.org/docs/"},
+        {"text": "SymPy", "url": "https://docs.sympy.org/latest/"},
     ]
 
     def __init__(
@@ -226,6 +239,9 @@ class Kernel:
         self._debugger: Debugger | None = None  # io loop; made by the first debug_request
         self._debug_parent: Message | None = None  # the debug_request its events belong to
         self._last_parent: Message | None = None
+        # Main loop: the shell requests being answered, oldest first; replaced whole, so any
+        # thread may read it.
+        self._answering: tuple[Message, ...] = ()
         self._fd_captures = FdCaptures([])
         self._shells: dict[str | None, _Shell] = {}  # main loop; None is the parent shell
         self._shell_nursery: trio.Nursery | None = None
@@ -241,9 +257,9 @@ class Kernel:
         self._shell_inbox: Mailbox[_Incoming]
         self._user: UserCode
         self._shutdown_started = False  # main loop
-        self._requests_running = 0  # main loop: shell requests not yet replied to
         self._more_requests = False  # main loop: a shell's next request waits already
-        self._requests_done: trio.Event | None = None  # set when that count drops to 0
+        self._requests_done: trio.Event | None = None  # set when _answering empties
+        self._idle_later: list[Message] = []  # io loop: kernel_info requests (see _idle_soon)
         self._shutdown_replying = False  # a shutdown_request waits for its reply
         self._main_stopped: trio.Event  # io loop: main loop has stopped user code
         self._io_finished: trio.Event  # main loop: the io loop sent the shutdown reply
@@ -252,8 +268,28 @@ class Kernel:
     # -- publishing: safe from any thread ---------------------------------------------------
 
     def parent(self) -> Message | None:
-        """The request output made now belongs to."""
-        return current_request.get() or self._last_parent
+        """The request output made now belongs to.
+
+        Code that runs for a request (a cell, a comm callback, the tasks they spawn) writes to
+        that request. A thread or background task a request started may outlive it: its
+        output goes to that request while it is answered; after, to the cell running now, if
+        one runs (nbclient keeps a cell's output only until its idle, and a pool's worker
+        that an earlier cell started writes for the cell that gave it work), else to that
+        request still (JupyterLab shows late output in its cell). Output from no request
+        (descriptor-level text, threads started outside any) goes to the running cell, else
+        to the latest request.
+        """
+        return current_request.get() or self._parent_of_outliving_code()
+
+    def _parent_of_outliving_code(self) -> Message | None:
+        origin = started_by.get()
+        answering = self._answering
+        if origin is not None and (not answering or any(m is origin for m in answering)):
+            return origin
+        for request in reversed(answering):
+            if request.msg_type == "execute_request":
+                return request
+        return origin or self._last_parent
 
     def get_parent(self, channel: str | None = None) -> dict[str, Any]:
         """:meth:`parent` as ipykernel's ``get_parent`` gives it: the message as a dict, or
@@ -339,9 +375,16 @@ class Kernel:
     def _status(self, state: str, parent: Message) -> None:
         self.publish("status", {"execution_state": state}, parent=parent)
 
-    def _reply(self, channel: Channel, request: Message, content: Mapping[str, Any]) -> None:
+    def _reply(
+        self,
+        channel: Channel,
+        request: Message,
+        content: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
         reply_type = request.msg_type.removesuffix("_request") + "_reply"
-        self._outboxes[channel].put(self.session.msg(reply_type, content, parent=request))
+        reply = self.session.msg(reply_type, content, parent=request, metadata=metadata)
+        self._outboxes[channel].put(reply)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -457,7 +500,7 @@ class Kernel:
             await self._user.wait_idle()
             # And until the stopped requests have queued their replies and idles, which
             # _finish_shutdown then sees out (a cell SIGTERM interrupts still gets its reply).
-            while self._requests_running:
+            while self._answering:
                 self._requests_done = trio.Event()
                 await self._requests_done.wait()
         if waited.cancelled_caught:
@@ -590,9 +633,37 @@ class Kernel:
         content = await self._call(self.control_handlers, msg)
         if content is not None:
             self._reply(channel, msg, content)
-        self._status("idle", msg)
+        if msg.msg_type == "kernel_info_request":
+            self._idle_soon(msg)
+        else:
+            self._status("idle", msg)
         if msg.msg_type == "shutdown_request":
             await self._finish_shutdown()
+
+    def _idle_soon(self, request: Message) -> None:
+        """IO loop: publish ``request``'s idle once no shell request runs.
+
+        A kernel_info request is answered at once, also while a cell runs, but its idle would
+        say the kernel is idle: JupyterLab shows the latest kernel_info or execute status (and
+        asks for kernel_info whenever it reconnects), Jupyter Server tracks the state to cull
+        idle kernels. ipykernel queues kernel_info on shell behind the cell, so its idle comes
+        after the cell's; here only the idle waits, until the main loop's request runner sees
+        ``_answering`` empty and posts :meth:`_publish_idles_later`. At most
+        ``_MAX_IDLE_LATER`` wait; past that (a flood), at once.
+        """
+        if not self._answering or len(self._idle_later) >= _MAX_IDLE_LATER:
+            self._status("idle", request)
+            return
+        self._idle_later.append(request)
+        # The main loop may have emptied _answering since, seeing no idle to post for.
+        if not self._answering:
+            self._publish_idles_later()
+
+    def _publish_idles_later(self) -> None:
+        """IO loop: the idles :meth:`_idle_soon` kept back; no shell request runs now."""
+        waiting, self._idle_later = self._idle_later, []
+        for request in waiting:
+            self._status("idle", request)
 
     async def _call(
         self, handlers: Mapping[str, Handler], msg: Message
@@ -712,28 +783,31 @@ class Kernel:
 
     @trio.lowlevel.enable_ki_protection
     async def _run_shell_request(self, incoming: _Incoming, shell: _Shell | None = None) -> None:
-        # A comm message or comm_info handled while a cell runs (or awaits) says nothing of
-        # busy or idle: its idle would tell the frontend the kernel is idle while the cell still
-        # runs (JupyterLab's status shows the latest one). The kernel is busy already.
-        statuses = not (incoming.msg.msg_type in _INLINE_SHELL and self._requests_running)
-        self._requests_running += 1
+        self._answering = (*self._answering, incoming.msg)
         try:
-            await self._answer_shell_request(incoming, shell, statuses=statuses)
+            await self._answer_shell_request(incoming, shell)
         finally:
-            self._requests_running -= 1
-            if not self._requests_running and self._requests_done is not None:
-                self._requests_done.set()
+            self._answering = tuple(m for m in self._answering if m is not incoming.msg)
+            if not self._answering:
+                if self._idle_later:
+                    post(self._io_token, self._publish_idles_later)
+                if self._requests_done is not None:
+                    self._requests_done.set()
 
     @trio.lowlevel.enable_ki_protection
-    async def _answer_shell_request(
-        self, incoming: _Incoming, shell: _Shell | None, *, statuses: bool
-    ) -> None:
+    async def _answer_shell_request(self, incoming: _Incoming, shell: _Shell | None) -> None:
         """Answer one request; ``shell`` is the one whose queue it came from (None for what
-        is answered at once: comm messages, comm_info)."""
+        is answered at once: comm messages, comm_info).
+
+        A comm message handled while a cell runs has its busy and idle too, at once: ipywidgets
+        sends a widget's next change only after the idle of the one before (its message
+        throttle), so without them a widget changed during a cell sent nothing more. Its idle
+        does not make a busy kernel look idle in recent JupyterLab, whose status follows only the
+        statuses of execute and kernel_info requests."""
         msg = incoming.msg
         self._last_parent = msg
-        if statuses:
-            self._status("busy", msg)
+        self._status("busy", msg)
+        started = timestamp()
         token = current_request.set(msg)
         try:
             abort_before = shell.abort_before if shell is not None else -math.inf
@@ -744,21 +818,30 @@ class Kernel:
                 content = await self._call(self.shell_handlers, msg)
         finally:
             current_request.reset(token)
-        if content is not None and msg.msg_type.endswith("_request"):
+        if content is not None and msg.msg_type == "execute_request":
+            # As ipykernel's: JupyterLab records a cell's timing ("shell.execute_reply" in the
+            # cell's metadata, which execution-time extensions show) only with "started".
+            metadata = {
+                "started": started,
+                "dependencies_met": True,
+                "engine": self.session.session_id,
+                "status": content.get("status"),
+            }
+            self._reply("shell", msg, content, metadata)
+        elif content is not None and msg.msg_type.endswith("_request"):
             self._reply("shell", msg, content)
         # Text the request wrote at the file-descriptor level belongs before its idle.
         self._fd_captures.drain()
-        if statuses:
-            self._status("idle", msg)
+        self._status("idle", msg)
 
     # -- handlers: shell ---------------------------------------------------------------------
 
     async def execute_request(self, request: Message) -> Mapping[str, Any]:
         """Run a cell (spec: "Execute")."""
         c = request.content
-        code = c.get("code", "")
+        code = c.get("code")
         if not isinstance(code, str):
-            raise RequestError("'code' must be a string")
+            raise RequestError("'code' must be a string" if "code" in c else "'code' is missing")
         silent = bool(c.get("silent", False))
         store_history = bool(c.get("store_history", not silent)) and not silent
         user_expressions = c.get("user_expressions") or {}
@@ -809,9 +892,11 @@ class Kernel:
                         post(self._io_token, run.watchdog.cancel)
         finally:
             current_cell.reset(cell_token)
-        count = result.execution_count
-        if count is None:
-            count = shell.execution_count
+        count = result.execution_count  # this cell's, even if a subshell's cell ran meanwhile
+        if count is None or not store_history:
+            # Not stored (an empty cell has no count at all): the counter's value, which is
+            # the number of the last stored cell (spec: "execution_count").
+            count = shell.execution_count - 1
         reply: dict[str, Any]
         if run.scope.cancelled_caught:
             shown: BaseException = (
@@ -839,9 +924,11 @@ class Kernel:
         reply["execution_count"] = count
         reply["payload"] = shell.take_payloads()
         if reply["status"] == "error" and (
-            stop_on_error or reply.get("ename") == "KeyboardInterrupt"
+            (stop_on_error and not silent) or reply.get("ename") == "KeyboardInterrupt"
         ):
-            # Requests that arrived before now were sent without knowing of this failure.
+            # Requests that arrived before now were sent without knowing of this failure. A
+            # silent request is a frontend's own (a variable viewer's, say): its failure is no
+            # reason to drop the user's queued cells.
             failed_in = self._shells.get(_subshell_of(request))
             if failed_in is not None:
                 failed_in.abort_before = (
@@ -1133,7 +1220,7 @@ class Kernel:
         import greenback
 
         if greenback.has_portal():
-            return _await_in_portal(self.ainput(prompt, password=password))
+            return _await_in_portal(self._ainput_for_sync_code(prompt, password))
         request = self._input_request(prompt, password)
         if request is None:
             return None
@@ -1168,6 +1255,16 @@ class Kernel:
             self._pending_input = None
         return _input_value(replies[0])
 
+    async def _ainput_for_sync_code(self, prompt: str, password: bool) -> str | None:
+        """:meth:`ainput` for ``input()``: an interrupt raises ``KeyboardInterrupt`` from it
+        rather than cancelling the cell (see :meth:`UserCode.input_wait`)."""
+        value: str | None = None
+        with self._user.input_wait() as wait:
+            value = await self.ainput(prompt, password=password)
+        if wait.cancelled_caught:  # with the request (shutdown, deadline): its Cancelled
+            await trio.lowlevel.checkpoint()
+        return value
+
     async def _send_input_request(self, request: Message) -> None:
         """Send ``input_request`` once the output queued before it is sent (io loop).
 
@@ -1182,8 +1279,10 @@ class Kernel:
             self._outboxes["stdin"].put(request)
 
     def _input_request(self, prompt: str, password: bool) -> Message | None:
-        request = current_request.get()
-        if request is None or not request.content.get("allow_stdin", True):
+        request = self.parent()  # a thread's prompt goes where its output goes
+        # Without allow_stdin, no input_request: a client that does not say it answers them
+        # gets StdinNotImplementedError at once rather than a cell that waits for ever.
+        if request is None or not request.content.get("allow_stdin", False):
             return None
         self.flush_output()
         return self.session.msg(
@@ -1202,7 +1301,8 @@ def _parse_timeout(text: str) -> float:
 
 
 def _attribute_threads() -> None:
-    """Make output of a thread started in a cell go to that cell, not to the latest one.
+    """Make a thread started in a cell (or by a thread started there) ``started_by`` it, so
+    its output goes to that cell while it runs (see :meth:`Kernel.parent`).
 
     ``threading.Thread`` starts with an empty context (before Python 3.14), so the thread's
     writes would carry no request. Only the kernel's own context variables are carried over,
@@ -1214,10 +1314,10 @@ def _attribute_threads() -> None:
     original_start = threading.Thread.start
 
     def start(self: threading.Thread) -> None:
-        request, cell = current_request.get(), current_cell.get()
+        request, cell = current_request.get() or started_by.get(), current_cell.get()
         if request is not None:
             context = contextvars.Context()
-            context.run(current_request.set, request)
+            context.run(started_by.set, request)
             context.run(current_cell.set, cell)
             # Both C callables: a traceback from the thread shows no frame of the kernel's.
             self.run = functools.partial(context.run, self.run)  # type: ignore[method-assign]
@@ -1285,6 +1385,8 @@ def _input_value(reply: Message | None) -> str:
     if reply is None:  # the input_request could not be sent
         raise EOFError("no frontend is connected to the kernel's stdin channel")
     value = reply.content.get("value", "")
+    if value == "\x04":  # Ctrl-D, as jupyter console and jupyter_client send it: end of input
+        raise EOFError
     return value if isinstance(value, str) else str(value)
 
 

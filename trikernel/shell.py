@@ -811,6 +811,7 @@ def make_shell(kernel: Kernel, *, history: bool, profile: str = "default") -> ZM
         shell = ZMQInteractiveShell.instance(kernel=kernel, config=ours)
     shell._profile = loaded
     _install_input(kernel)
+    _use_ipythons_debugger()
     return shell
 
 
@@ -820,6 +821,19 @@ def stdin_not_allowed() -> StdinNotImplementedError:
         "input was requested, but this frontend does not support input requests "
         "(allow_stdin is false)"
     )
+
+
+def _use_ipythons_debugger() -> None:
+    """``pdb.set_trace()`` and ``breakpoint()`` open IPython's debugger, as ``%debug`` does (and
+    as in ipykernel): ``ipdb>`` with the source around each line, and Ctrl-C at its prompt
+    leaves it rather than taking the cell with it."""
+    import pdb  # noqa: T100 - configures it, sets no breakpoint
+
+    from IPython.core import debugger
+
+    debugger.Pdb = debugger.InterruptiblePdb  # type: ignore[misc]  # what set_trace makes
+    pdb.Pdb = debugger.InterruptiblePdb  # type: ignore[misc,assignment]
+    pdb.set_trace = debugger.set_trace
 
 
 def _install_input(kernel: Kernel) -> None:
@@ -836,7 +850,8 @@ def _install_input(kernel: Kernel) -> None:
     def input(prompt: object = "") -> str:  # noqa: A001 - replaces the builtin on purpose
         return ask(prompt, password=False)
 
-    def getpass_(prompt: str = "Password: ", stream: object = None) -> str:
+    def getpass_(prompt: str = "Password: ", stream: object = None, **options: object) -> str:
+        # options: Python 3.14's echo_char, which the frontend's own masking stands for.
         return ask(prompt, password=True)
 
     builtins.input = input

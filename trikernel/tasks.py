@@ -12,10 +12,11 @@ From a cell::
   its own. It keeps running while the kernel is idle and while other cells run.
 - Interrupts never touch background tasks: they are not requests (see
   :mod:`trikernel.execution`).
-- A task that raises is reported (an ``error`` output on the cell that started it, and a log
-  line) and nothing else happens: its siblings, the running cell and the kernel go on.
-- Output is attributed to the cell that started the task: the task inherits that cell's
-  context (trio copies it), and the kernel's streams read the request from it.
+- A task that raises is reported (an ``error`` output where its output goes, and a log line)
+  and nothing else happens: its siblings, the running cell and the kernel go on.
+- Output goes to the cell that started the task while that cell runs; after, to the cell
+  running now, else to the starting cell still: the task is ``started_by`` that cell, as a
+  thread started in a cell is (see :meth:`trikernel.kernel.Kernel.parent`).
 - At shutdown every task is cancelled and given ``shutdown.grace`` seconds to unwind.
 """
 
@@ -34,6 +35,7 @@ from .handoff import post
 
 if TYPE_CHECKING:
     from .kernel import Kernel
+    from .protocol import Message
 
 __all__ = ["BackgroundTask", "BackgroundTasks", "background"]
 
@@ -107,16 +109,21 @@ class BackgroundTasks:
         """
         if self._nursery is None or self._token is None:
             raise RuntimeError("trikernel's background nursery is not running")
+        from .kernel import current_cell, current_request, started_by
+
         task = BackgroundTask(
-            self._unique(name or str(getattr(fn, "__name__", "task"))), self._cell()
+            self._unique(name or str(getattr(fn, "__name__", "task"))), current_cell.get()
         )
         self._tasks[task.name] = task
+        origin = current_request.get() or started_by.get()
         if threading.get_ident() == self._thread:
-            self._nursery.start_soon(self._run, task, fn, args, name=task.name)
+            self._nursery.start_soon(self._run, task, origin, fn, args, name=task.name)
         else:
             post(
                 self._token,
-                lambda: self._nursery.start_soon(self._run, task, fn, args, name=task.name),  # type: ignore[union-attr]
+                lambda: self._nursery.start_soon(  # type: ignore[union-attr]
+                    self._run, task, origin, fn, args, name=task.name
+                ),
             )
         return task
 
@@ -151,8 +158,17 @@ class BackgroundTasks:
         self._nursery = None
 
     async def _run(
-        self, task: BackgroundTask, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...]
+        self,
+        task: BackgroundTask,
+        origin: Message | None,
+        fn: Callable[..., Awaitable[object]],
+        args: tuple[Any, ...],
     ) -> None:
+        from .kernel import current_request, started_by
+
+        # This task's own context (trio copied the starter's): no longer the request's.
+        current_request.set(None)
+        started_by.set(origin)
         try:
             with task.scope:
                 try:
@@ -189,12 +205,6 @@ class BackgroundTasks:
         while f"{name}-{n}" in self._tasks:
             n += 1
         return f"{name}-{n}"
-
-    @staticmethod
-    def _cell() -> int | None:
-        from .kernel import current_cell
-
-        return current_cell.get()
 
 
 class _CurrentBackground:

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,37 @@ def test_silent_cell_has_no_input_message_and_no_count(kernel: Kernel) -> None:
     assert after["content"]["execution_count"] == before["content"]["execution_count"] + 1
 
 
+def test_cells_that_store_no_history_reply_with_the_last_stored_count(kernel: Kernel) -> None:
+    # The counter counts the requests that stored history (spec: "execution_count").
+    stored, _ = kernel.execute("pass")
+    last = stored["content"]["execution_count"]
+    for code, options in [("1", {"store_history": False}), ("1", {"silent": True}), ("", {})]:
+        reply, _ = kernel.execute(code, **options)
+        assert reply["content"]["execution_count"] == last, (code, options)
+    assert kernel.execute("pass")[0]["content"]["execution_count"] == last + 1
+
+
+def test_execute_reply_metadata_says_when_the_cell_started(kernel: Kernel) -> None:
+    # JupyterLab records a cell's timing in the notebook ("shell.execute_reply", which
+    # execution-time extensions show) only when the reply's metadata has "started".
+    before = datetime.now(timezone.utc)
+    for code, status in [("pass", "ok"), ("1/0", "error")]:
+        reply, _ = kernel.execute(code)
+        metadata = reply["metadata"]
+        started = datetime.fromisoformat(str(metadata["started"]))
+        assert before - timedelta(seconds=1) <= started <= datetime.now(timezone.utc)
+        assert metadata["status"] == status
+        assert metadata["dependencies_met"] is True
+        assert metadata["engine"] == reply["header"]["session"]
+
+
+def test_execute_request_without_code_is_refused(kernel: Kernel) -> None:
+    reply = kernel.reply(kernel.shell_send("execute_request", {}))
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["evalue"] == "'code' is missing"
+    assert kernel.execute("1+1")[0]["content"]["status"] == "ok"
+
+
 def test_user_expressions(kernel: Kernel) -> None:
     reply, _ = kernel.execute("ue = 21", user_expressions={"double": "ue * 2", "bad": "1/0"})
     expressions = reply["content"]["user_expressions"]
@@ -172,6 +204,16 @@ def test_stop_on_error_aborts_queued_cells(kernel: Kernel) -> None:
         assert statuses == ["busy", "idle"]
     reply, _ = kernel.execute("1+1")
     assert reply["content"]["status"] == "ok"
+
+
+def test_a_failing_silent_request_aborts_no_queued_cell(kernel: Kernel) -> None:
+    # Silent code is a frontend's own (a variable viewer's, say): its error must not drop the
+    # cells the user queued, as an error in one of those does.
+    helper = kernel.kc.execute("import time; time.sleep(0.3); undefined_name", silent=True)
+    queued = kernel.kc.execute("print('user cell ran')")
+    assert kernel.reply(helper)["content"]["ename"] == "NameError"
+    assert kernel.reply(queued)["content"]["status"] == "ok"
+    assert stream_text(kernel.until_idle(queued)) == "user cell ran\n"
 
 
 def test_stop_on_error_false_runs_the_queue(kernel: Kernel) -> None:
@@ -226,6 +268,27 @@ def test_input_round_trip(kernel: Kernel) -> None:
     assert stream_text(kernel.until_idle(msg_id)) == "hello trio\n"
 
 
+def test_ctrl_d_at_a_prompt_ends_input(kernel: Kernel) -> None:
+    # jupyter console and jupyter_client's stdin hook send "\x04" for Ctrl-D: EOF, which
+    # gets a user out of input(), pdb, help() and code.interact().
+    msg_id = kernel.kc.execute(
+        "try:\n    input('? ')\nexcept EOFError:\n    print('end of input')", allow_stdin=True
+    )
+    kernel.kc.get_stdin_msg(timeout=TIMEOUT)
+    kernel.kc.input("\x04")
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    assert stream_text(kernel.until_idle(msg_id)) == "end of input\n"
+
+
+def test_pdb_set_trace_is_ipythons_debugger(kernel: Kernel) -> None:
+    # As in ipykernel (and as %debug): ipdb> with the source around the line, not bare pdb.
+    msg_id = kernel.kc.execute("import pdb\npdb.set_trace()\nx = 1", allow_stdin=True)
+    assert kernel.kc.get_stdin_msg(timeout=TIMEOUT)["content"]["prompt"] == "ipdb> "
+    kernel.kc.input("c")
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    kernel.until_idle(msg_id)
+
+
 def test_text_printed_before_input_arrives_before_its_prompt(kernel: Kernel) -> None:
     # The text comes on iopub and the prompt on stdin, two sockets with no order between them
     # (see Kernel._send_input_request): before the kernel waited for iopub, about one prompt
@@ -265,6 +328,34 @@ def test_text_printed_before_input_arrives_before_its_prompt(kernel: Kernel) -> 
 def test_input_without_stdin_is_a_clear_error(kernel: Kernel) -> None:
     reply, _ = kernel.execute("input('x')", allow_stdin=False)
     assert reply["content"]["ename"] == "StdinNotImplementedError"
+
+
+def test_input_when_the_request_does_not_allow_stdin_is_an_error(kernel: Kernel) -> None:
+    # allow_stdin left out means no input requests (as in ipykernel): a client that did not
+    # say it answers them gets an error at once, not a cell that waits for ever.
+    msg_id = kernel.shell_send("execute_request", {"code": "input('name? ')", "silent": False})
+    assert kernel.reply(msg_id)["content"]["ename"] == "StdinNotImplementedError"
+    kernel.until_idle(msg_id)
+
+
+@pytest.mark.parametrize("channel", ["shell", "control"])
+def test_kernel_info_while_a_cell_runs_is_idle_after_the_cell(kernel: Kernel, channel: str) -> None:
+    # Answered at once, but its idle waits for the cell's: JupyterLab shows the status of the
+    # latest kernel_info (sent whenever it reconnects) or execute request.
+    cell = kernel.kc.execute("answer = input('go? ')", allow_stdin=True)
+    kernel.kc.get_stdin_msg(timeout=TIMEOUT)  # the cell runs, waiting for input
+    send = kernel.control if channel == "control" else kernel.shell_send
+    info = send("kernel_info_request")
+    assert kernel.reply(info, channel)["content"]["status"] == "ok"
+    kernel.kc.input("go")
+    idles = [
+        m["parent_header"]["msg_id"]
+        for m in kernel.all_until_idle(cell, info)
+        if m["msg_type"] == "status"
+        and m["content"]["execution_state"] == "idle"
+        and m["parent_header"]["msg_id"] in (cell, info)
+    ]
+    assert idles == [cell, info]
 
 
 def test_kernel_info_on_control_has_busy_idle(kernel: Kernel) -> None:

@@ -138,6 +138,62 @@ def test_interrupt_while_waiting_for_input(kernel: Kernel, interrupt: Interrupt)
     kernel.until_idle(cell)
 
 
+@MODES
+def test_an_interrupt_in_input_is_a_keyboard_interrupt_the_cell_can_catch(
+    kernel: Kernel, interrupt: Interrupt
+) -> None:
+    # As after Ctrl-C at a terminal's prompt: input() raises KeyboardInterrupt where it was
+    # called, and a cell that catches it goes on, its awaits and prompts not cancelled.
+    cell = kernel.kc.execute(
+        "import trio\n"
+        "answers = []\n"
+        "while True:\n"
+        "    try:\n"
+        "        answers.append(input('more? '))\n"
+        "    except KeyboardInterrupt:\n"
+        "        break\n"
+        "await trio.sleep(0)\n"
+        "print('collected', answers, input('last? '))",
+        allow_stdin=True,
+    )
+    assert kernel.kc.get_stdin_msg(timeout=TIMEOUT)["content"]["prompt"] == "more? "
+    kernel.kc.input("a")
+    assert kernel.kc.get_stdin_msg(timeout=TIMEOUT)["content"]["prompt"] == "more? "
+    interrupt(kernel)
+    assert kernel.kc.get_stdin_msg(timeout=TIMEOUT)["content"]["prompt"] == "last? "
+    kernel.kc.input("b")
+    assert kernel.reply(cell)["content"]["status"] == "ok"
+    assert stream_text(kernel.until_idle(cell)) == "collected ['a'] b\n"
+
+
+@MODES
+def test_an_interrupt_goes_once_to_a_sigint_handler_of_the_users(
+    kernel: Kernel, interrupt: Interrupt
+) -> None:
+    # A training loop's graceful stop: the handler is called once per interrupt (the kernel
+    # re-sent SIGINT every 20 ms while it thought the interrupt had not landed, and pdb's
+    # handler then broke into a program continued under it at every one).
+    cell = kernel.kc.execute(
+        "import signal, time\n"
+        "hits = []\n"
+        "kernels = signal.signal(signal.SIGINT, lambda *args: hits.append(1))\n"
+        "print('ready', flush=True)\n"
+        "deadline = time.monotonic() + 30\n"
+        "while not hits and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "time.sleep(0.3)  # more would come meanwhile\n"
+        "signal.signal(signal.SIGINT, kernels)\n"
+        "len(hits)"
+    )
+    kernel.iopub_until(
+        cell, lambda m: m["msg_type"] == "stream" and "ready" in m["content"]["text"]
+    )
+    interrupt(kernel)
+    assert kernel.reply(cell)["content"]["status"] == "ok"
+    [result] = outputs(kernel.until_idle(cell), "execute_result")
+    assert result["content"]["data"]["text/plain"] == "1"
+
+
 def test_interrupt_a_busy_comm_handler(kernel: Kernel) -> None:
     kernel.execute(
         "import comm\n"

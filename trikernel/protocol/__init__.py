@@ -19,3 +19,4 @@ from .wire import ReplayError as ReplayError
 from .wire import Session as Session
 from .wire import SignatureError as SignatureError
 from .wire import WireError as WireError
+from .wire import timestamp as timestamp

@@ -46,6 +46,7 @@ __all__ = [
     "Session",
     "SignatureError",
     "WireError",
+    "timestamp",
 ]
 
 PROTOCOL_VERSION = "5.5"
@@ -82,8 +83,9 @@ class MessageFormatError(WireError):
 _second: tuple[int, str] = (-1, "")
 
 
-def _now() -> str:
-    """Now, in UTC, as ISO 8601 with microseconds (``2026-11-21T20:11:06.123456+00:00``)."""
+def timestamp() -> str:
+    """Now, in UTC, as ISO 8601 with microseconds (``2026-11-21T20:11:06.123456+00:00``), as
+    in every header's ``date``."""
     global _second
     now = time.time()
     second, text = _second
@@ -389,7 +391,7 @@ class Session:
             msg_type=msg_type,
             session=self.session_id,
             username=self.username,
-            date=_now(),
+            date=timestamp(),
             version=PROTOCOL_VERSION,
         )
         if identities is None:
