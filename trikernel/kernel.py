@@ -246,7 +246,9 @@ class Kernel:
         self._shells: dict[str | None, _Shell] = {}  # main loop; None is the parent shell
         self._shell_nursery: trio.Nursery | None = None
         self._subshell_ids: set[str] = set()  # io loop: what list_subshell_request reports
-        self._pending_input: tuple[str, Callable[[Message | None], None]] | None = None
+        # The input requests waiting for their reply, oldest first, by msg_id: several can
+        # wait at once (a subshell's cell and the parent's, a thread and its cell).
+        self._pending_input: dict[str, Callable[[Message | None], None]] = {}
         self._ports: dict[Channel, int] = {}
         # Set once the loops run:
         self._main_token: trio.lowlevel.TrioToken
@@ -610,22 +612,22 @@ class Kernel:
             self._shell_inbox.put(_Incoming(msg, time.monotonic()))
 
     def _on_stdin(self, msg: Message) -> None:
-        pending = self._pending_input
         if msg.msg_type != "input_reply":
             log.warning("stdin: ignored a %s", msg.msg_type)
             return
         parent_id = msg.parent_header.get("msg_id")
-        if pending is None or (parent_id is not None and parent_id != pending[0]):
+        if parent_id is None:  # jupyter_client's input() names no parent: the oldest request
+            parent_id = next(iter(list(self._pending_input)), None)  # a copy: threads add too
+        resolve = self._pending_input.pop(parent_id, None) if isinstance(parent_id, str) else None
+        if resolve is None:
             log.warning("stdin: an input_reply matches no pending input_request; ignored")
             return
-        self._pending_input = None
-        pending[1](msg)
+        resolve(msg)
 
     def _on_input_unroutable(self, request: Message) -> None:
-        pending = self._pending_input
-        if pending is not None and pending[0] == request.msg_id:
-            self._pending_input = None
-            pending[1](None)
+        resolve = self._pending_input.pop(request.msg_id, None)
+        if resolve is not None:
+            resolve(None)
 
     async def _run_io_request(self, channel: Channel, msg: Message) -> None:
         """Handle a control request (or interrupt/shutdown sent on shell) in the io loop."""
@@ -1225,12 +1227,12 @@ class Kernel:
         if request is None:
             return None
         waiter: Future[Message | None] = Future()
-        self._pending_input = (request.msg_id, waiter.set_result)
+        self._pending_input[request.msg_id] = waiter.set_result
         try:
             post(self._io_token, self._io_nursery.start_soon, self._send_input_request, request)
             return _input_value(waiter.result())
         finally:
-            self._pending_input = None
+            self._pending_input.pop(request.msg_id, None)
 
     async def ainput(self, prompt: str = "", *, password: bool = False) -> str | None:
         """Await a line of input from the frontend on the main loop; None if not allowed.
@@ -1247,12 +1249,12 @@ class Kernel:
             replies.append(reply)
             post(self._main_token, done.set)
 
-        self._pending_input = (request.msg_id, resolve)
+        self._pending_input[request.msg_id] = resolve
         try:
             post(self._io_token, self._io_nursery.start_soon, self._send_input_request, request)
             await done.wait()
         finally:
-            self._pending_input = None
+            self._pending_input.pop(request.msg_id, None)
         return _input_value(replies[0])
 
     async def _ainput_for_sync_code(self, prompt: str, password: bool) -> str | None:
@@ -1274,8 +1276,7 @@ class Kernel:
         prints the text after the prompt). Waiting for iopub's queue: 0 of 400.
         """
         await self._iopub.wait_sent()
-        pending = self._pending_input
-        if pending is not None and pending[0] == request.msg_id:  # not given up meanwhile
+        if request.msg_id in self._pending_input:  # not given up meanwhile
             self._outboxes["stdin"].put(request)
 
     def _input_request(self, prompt: str, password: bool) -> Message | None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import logging
 import os
@@ -233,6 +235,11 @@ class ZMQInteractiveShell(InteractiveShell):
     @default("exiter")
     def _exiter_default(self) -> ZMQExitAutocall:
         return ZMQExitAutocall(self)
+
+    @property
+    def debugger_cls(self) -> type:  # type: ignore[override,unused-ignore]  # IPython 8: a class
+        """``%debug``'s and ``%pdb``'s debugger: the one ``pdb.set_trace()`` opens."""
+        return kernel_pdb()
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -823,17 +830,70 @@ def stdin_not_allowed() -> StdinNotImplementedError:
     )
 
 
+# Frames of the kernel's own code: its signal handlers run between a cell's lines, and a
+# debugger stepping through the cell stopped in them ("--Call--" in _on_cpu_tick).
+_KERNEL_MODULES = ("trikernel", "trikernel.*", "trio", "trio.*", "greenback", "greenback.*")
+
+
 def _use_ipythons_debugger() -> None:
     """``pdb.set_trace()`` and ``breakpoint()`` open IPython's debugger, as ``%debug`` does (and
     as in ipykernel): ``ipdb>`` with the source around each line, and Ctrl-C at its prompt
-    leaves it rather than taking the cell with it."""
-    import pdb  # noqa: T100 - configures it, sets no breakpoint
+    leaves it rather than taking the cell with it. Stepping never stops in the kernel's code.
 
+    ``pdb`` is made so when it is first imported (IPython defers it too: importing it and
+    IPython's debugger at startup took 4 ms and 0.5 MiB that most sessions never use).
+    """
+    if "pdb" in sys.modules:
+        _make_pdb_ipythons(sys.modules["pdb"])
+    else:
+        sys.meta_path.insert(0, _PdbFinder())
+
+
+@functools.cache
+def kernel_pdb() -> type:
+    """IPython's interruptible debugger, skipping the kernel's modules (made on first use)."""
+    from IPython.core.debugger import InterruptiblePdb
+
+    class KernelPdb(InterruptiblePdb):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("skip", list(_KERNEL_MODULES))
+            super().__init__(*args, **kwargs)
+
+    return KernelPdb
+
+
+def _make_pdb_ipythons(pdb: Any) -> None:
     from IPython.core import debugger
 
-    debugger.Pdb = debugger.InterruptiblePdb  # type: ignore[misc]  # what set_trace makes
-    pdb.Pdb = debugger.InterruptiblePdb  # type: ignore[misc,assignment]
+    pdb.Pdb = kernel_pdb()
+    debugger.Pdb = kernel_pdb()  # type: ignore[misc,assignment]  # what IPython's set_trace makes
     pdb.set_trace = debugger.set_trace
+
+
+class _PdbFinder(importlib.abc.MetaPathFinder):
+    """Loads ``pdb`` as usual the first time it is imported, then makes it IPython's."""
+
+    def find_spec(
+        self, fullname: str, path: Any, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "pdb":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("pdb")
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: Any) -> None:
+                loader.exec_module(module)
+                _make_pdb_ipythons(module)
+
+        spec.loader = Loader()
+        return spec
 
 
 def _install_input(kernel: Kernel) -> None:
@@ -842,7 +902,11 @@ def _install_input(kernel: Kernel) -> None:
     import getpass
 
     def ask(prompt: object = "", *, password: bool) -> str:
-        value = kernel.request_input(str(prompt), password=password)
+        try:
+            value = kernel.request_input(str(prompt), password=password)
+        except (KeyboardInterrupt, EOFError) as exc:
+            # Raised anew: its traceback ends at input(), not in the kernel's wait for the reply.
+            raise type(exc)(*exc.args) from None
         if value is None:
             raise stdin_not_allowed()
         return value

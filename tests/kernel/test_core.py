@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -287,6 +288,50 @@ def test_pdb_set_trace_is_ipythons_debugger(kernel: Kernel) -> None:
     kernel.kc.input("c")
     assert kernel.reply(msg_id)["content"]["status"] == "ok"
     kernel.until_idle(msg_id)
+
+
+def test_stepping_in_pdb_never_stops_in_the_kernels_code(kernel: Kernel) -> None:
+    # The kernel's CPU tick (a signal handler) runs after the long C call; "step" stopped in it.
+    msg_id = kernel.kc.execute(
+        # One statement: IPython runs each top-level one on its own, and stepping past the
+        # end of one goes into IPython's code between them (as in ipykernel).
+        "import pdb\n"
+        "if True:\n"
+        "    pdb.set_trace()\n"
+        "    total = sum(range(30_000_000))\n"
+        "    done = True",
+        allow_stdin=True,
+    )
+    kernel.kc.get_stdin_msg(timeout=TIMEOUT)
+    kernel.kc.input("s")
+    kernel.kc.get_stdin_msg(timeout=TIMEOUT)
+    kernel.kc.input("c")
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", stream_text(kernel.until_idle(msg_id)))  # colours
+    assert "----> 5     done = True" in shown
+    assert "_on_cpu_tick" not in shown
+
+
+def test_two_prompts_waiting_at_once_get_their_own_answers(kernel: Kernel) -> None:
+    # A thread and its cell (or a subshell's cell and the parent's) can both wait for input.
+    msg_id = kernel.kc.execute(
+        "import threading\n"
+        "got = {}\n"
+        "t = threading.Thread(target=lambda: got.update(thread=input('T> ')))\n"
+        "t.start()\n"
+        "got['main'] = input('M> ')\n"
+        "t.join(30)\n"
+        "print(sorted(got.items()))",
+        allow_stdin=True,
+    )
+    prompts = [kernel.kc.get_stdin_msg(timeout=TIMEOUT) for _ in range(2)]
+    for request in reversed(prompts):  # the later one first: each reply names its request
+        value = "t" if request["content"]["prompt"] == "T> " else "m"
+        kernel.kc.stdin_channel.send(
+            kernel.kc.session.msg("input_reply", {"value": value}, parent=request)
+        )
+    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    assert stream_text(kernel.until_idle(msg_id)) == "[('main', 'm'), ('thread', 't')]\n"
 
 
 def test_text_printed_before_input_arrives_before_its_prompt(kernel: Kernel) -> None:

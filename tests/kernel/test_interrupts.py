@@ -134,7 +134,12 @@ def test_interrupt_while_waiting_for_input(kernel: Kernel, interrupt: Interrupt)
     cell = kernel.kc.execute("input('?')", allow_stdin=True)
     kernel.kc.get_stdin_msg(timeout=TIMEOUT)
     interrupt(kernel)
-    assert kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
+    reply = kernel.reply(cell)["content"]
+    assert reply["ename"] == "KeyboardInterrupt"
+    # Raised at input(): the traceback shows none of the kernel's wait for the answer.
+    shown = "".join(reply["traceback"])
+    assert "greenback" not in shown
+    assert "contextlib" not in shown
     kernel.until_idle(cell)
 
 
