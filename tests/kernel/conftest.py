@@ -124,6 +124,15 @@ class Kernel:
         reply = self.reply(msg_id, timeout=timeout)
         return reply, self.until_idle(msg_id, timeout)
 
+    def execute_answering(self, code: str, *answers: str) -> tuple[Msg, list[Msg]]:
+        """Run ``code``, answering its input prompts with ``answers`` in turn; return its reply
+        and its iopub messages through idle."""
+        msg_id = self.kc.execute(code, allow_stdin=True)
+        for answer in answers:
+            self.kc.get_stdin_msg(timeout=TIMEOUT)
+            self.kc.input(answer)
+        return self.reply(msg_id), self.until_idle(msg_id)
+
     def control(self, msg_type: str, content: dict[str, Any] | None = None) -> str:
         msg = self.kc.session.msg(msg_type, content or {})
         self.kc.control_channel.send(msg)

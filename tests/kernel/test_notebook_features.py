@@ -475,12 +475,10 @@ def test_getpass_sets_the_password_flag(kernel: Kernel) -> None:
 
 
 def test_input_inside_an_async_cell(kernel: Kernel) -> None:
-    msg_id = kernel.kc.execute(
-        "import trio\nawait trio.sleep(0)\nanswer = input('? ')", allow_stdin=True
+    reply, _ = kernel.execute_answering(
+        "import trio\nawait trio.sleep(0)\nanswer = input('? ')", "async ok"
     )
-    kernel.kc.get_stdin_msg(timeout=TIMEOUT)
-    kernel.kc.input("async ok")
-    assert kernel.reply(msg_id)["content"]["status"] == "ok"
+    assert reply["content"]["status"] == "ok"
     assert result_text(ok(kernel, "answer")) == "'async ok'"
 
 
