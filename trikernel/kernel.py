@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import faulthandler
 import functools
 import gc
 import logging
@@ -420,6 +421,10 @@ class Kernel:
         for handler in logging.getLogger("trikernel").handlers:
             if isinstance(handler, logging.StreamHandler):
                 handler.setStream(log_stream)
+        # So does the Python traceback of a crash (a segfault in a C extension, an abort):
+        # descriptor 2 becomes a pipe below, which a dying kernel never reads. JupyterLab only
+        # says the kernel died; its log then says where.
+        faulthandler.enable(file=log_stream)
         self._fd_captures = FdCaptures(
             [
                 FdCapture(1, "stdout", self._iopub, self.parent),

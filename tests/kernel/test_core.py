@@ -631,6 +631,28 @@ def test_requests_waiting_when_the_kernel_binds_are_answered(
         ctx.destroy(linger=0)
 
 
+def test_a_crash_leaves_its_python_traceback_in_the_kernels_log(
+    tmp_path: Path, run_kernel: RunKernel
+) -> None:
+    # A segfault in C code kills the kernel, and a frontend only says it died; the log (the
+    # terminal that started it) says where. Descriptor 2 is a pipe that a dying kernel no
+    # longer reads, so the traceback goes to the log's own descriptor.
+    path = tmp_path / "kernel.json"
+    write_connection_file(str(path), ip="127.0.0.1", key=b"k" * 32)
+    proc, stderr = run_kernel(path)
+    client = BlockingKernelClient(connection_file=str(path))
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=TIMEOUT)
+        client.execute("import ctypes\ndef crash():\n    ctypes.string_at(0)\ncrash()")
+        stderr.wait_for("Fatal Python error: Segmentation fault")
+        stderr.wait_for("line 3 in crash")
+        assert proc.wait(timeout=TIMEOUT) != 0
+    finally:
+        client.stop_channels()
+
+
 # How much of a fresh 20 MiB block glibc served with mmap (hblkhd: bytes in mapped blocks).
 MAPPED_BYTES_OF_A_20_MIB_BLOCK = """
 import ctypes
