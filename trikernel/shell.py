@@ -24,6 +24,7 @@ kernel in seven places:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.abc
@@ -878,7 +879,8 @@ class _PdbFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname != "pdb":
             return None
-        sys.meta_path.remove(self)
+        with contextlib.suppress(ValueError):  # taken out already, by someone else
+            sys.meta_path.remove(self)
         spec = importlib.util.find_spec("pdb")
         if spec is None or spec.loader is None:
             return spec
