@@ -450,9 +450,11 @@ class Kernel:
                 self._ports = await nursery.start(run_loop_in_thread, self._serve_io, _IO_THREAD)
                 self._write_connection_file()
                 self._install_io()
-                # Once, at the process's start (spec); only a client subscribed this early
-                # sees it.
-                self.publish("status", {"execution_state": "starting"})
+                # No "starting" status: published once the sockets were bound, it reached a
+                # client that had subscribed by then before the iopub_welcome JEP 65 makes
+                # its first message (jupyter_kernel_test's check failed in CI), and ZeroMQ
+                # registers a subscription during any send, so no ordering avoids that. No
+                # frontend needs it: Jupyter Server reports "starting" itself.
                 # What only the main thread uses loads now, after the sockets are bound:
                 # IPython above all (docs/architecture.md, "Startup").
                 from .comms import install_comms
