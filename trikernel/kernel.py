@@ -102,6 +102,13 @@ current_cell: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "trikernel_current_cell", default=None
 )
 
+
+def request_or_origin() -> Message | None:
+    """The request this context runs for, or else the one that started its thread or task:
+    what a thread or task started here is ``started_by``."""
+    return current_request.get() or started_by.get()
+
+
 # `%%timeout SECONDS` as a cell's first line: the rest of the cell runs under that deadline.
 _TIMEOUT_MAGIC = re.compile(r"\A%%timeout\b[ \t]*(?P<seconds>[^\n]*?)[ \t]*(?:\n|\Z)")
 
@@ -816,7 +823,7 @@ class Kernel:
         msg = incoming.msg
         self._last_parent = msg
         self._status("busy", msg)
-        started = timestamp()
+        started = timestamp() if msg.msg_type == "execute_request" else ""
         token = current_request.set(msg)
         try:
             abort_before = shell.abort_before if shell is not None else -math.inf
@@ -1322,7 +1329,7 @@ def _attribute_threads() -> None:
     original_start = threading.Thread.start
 
     def start(self: threading.Thread) -> None:
-        request, cell = current_request.get() or started_by.get(), current_cell.get()
+        request, cell = request_or_origin(), current_cell.get()
         if request is not None:
             context = contextvars.Context()
             context.run(started_by.set, request)

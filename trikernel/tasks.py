@@ -109,13 +109,13 @@ class BackgroundTasks:
         """
         if self._nursery is None or self._token is None:
             raise RuntimeError("trikernel's background nursery is not running")
-        from .kernel import current_cell, current_request, started_by
+        from .kernel import current_cell, request_or_origin
 
         task = BackgroundTask(
             self._unique(name or str(getattr(fn, "__name__", "task"))), current_cell.get()
         )
         self._tasks[task.name] = task
-        origin = current_request.get() or started_by.get()
+        origin = request_or_origin()
         if threading.get_ident() == self._thread:
             self._nursery.start_soon(self._run, task, origin, fn, args, name=task.name)
         else:
