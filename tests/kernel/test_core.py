@@ -497,10 +497,13 @@ def test_control_and_heartbeat_answer_while_cell_blocks(kernel: Kernel, code: st
 
 def test_interrupt_awaiting_cell_runs_finally(kernel: Kernel) -> None:
     code = (
-        "import trio\ncleaned = False\ntry:\n    await trio.sleep(30)\nfinally:\n    cleaned = True"
+        "import trio\ncleaned = False\ntry:\n    print('in try', flush=True)\n"
+        "    await trio.sleep(30)\nfinally:\n    cleaned = True"
     )
     msg_id = kernel.kc.execute(code)
-    kernel.started(msg_id)
+    # Interrupt once the cell is inside its try: an interrupt that lands earlier (after
+    # execute_input, before the try) rightly leaves `cleaned` False.
+    kernel.iopub_until(msg_id, lambda m: m["msg_type"] == "stream")
     kernel.reply(kernel.control("interrupt_request"), "control")
     reply = kernel.reply(msg_id)
     assert reply["content"]["ename"] == "KeyboardInterrupt"
