@@ -11,12 +11,23 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .protocol import ConnectionInfo
 
 _EPILOG = """\
 settings (dotted paths, see docs/settings.md):
 {settings}
+
+ipykernel's options are taken too: --f=FILE, --debug, --Kernel.stop_on_error_timeout and
+--IPKernelApp.log_level become the settings above; --ip, --shell, --iopub, --stdin, --control,
+--hb, --transport and --Session.key describe the connection (the connection file wins); the rest
+go to IPython's shell as ipykernel passes them (--matplotlib=inline, --Class.trait=value).
 
 examples:
   python -m trikernel -f ~/kernel-1.json
@@ -43,10 +54,14 @@ def _kernel_parser() -> argparse.ArgumentParser:
         ),
         epilog=_EPILOG.format(settings=_settings_help()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # Not abbreviations of ours: IPython's options pass on whole (--conf is not --config).
+        allow_abbrev=False,
     )
     parser.add_argument(
         "-f",
+        "--f",
         "--connection-file",
+        dest="connection_file",
         required=True,
         type=Path,
         help="connection file; created (mode 0600, random ports and key) if it does not exist; "
@@ -63,14 +78,110 @@ def _kernel_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_setting_args(extra: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
-    items: dict[str, str] = {}
+# Jupyter tools add ipykernel's options to whatever command line a kernelspec gives (testbook
+# passes --Kernel.stop_on_error_timeout=0, nbclient --HistoryManager.hist_file=:memory:, VS Code
+# the connection's ports). Those that mean one of our settings become it; ...
+_IPYKERNEL_SETTINGS = {
+    "Kernel.stop_on_error_timeout": "shell.stop_on_error_timeout",
+    "IPythonKernel.stop_on_error_timeout": "shell.stop_on_error_timeout",
+    "IPKernelApp.log_level": "log_level",
+    "Application.log_level": "log_level",
+    "log-level": "log_level",
+}
+# ... those that describe the connection are checked against the connection file (they make a
+# new one when there is none) ...
+_CONNECTION_OPTIONS = {
+    "ip": "ip",
+    "transport": "transport",
+    "shell": "shell_port",
+    "iopub": "iopub_port",
+    "stdin": "stdin_port",
+    "control": "control_port",
+    "hb": "hb_port",
+    "Session.key": "key",
+    "Session.signature_scheme": "signature_scheme",
+}
+# ... and the rest are IPython's (--matplotlib=inline, --Class.trait=value), passed on to the
+# shell as ipykernel's application takes them (trikernel.shell.ipython_config).
+
+
+@attrs.frozen
+class CommandLine:
+    """The options after the ones argparse knows, sorted by whose they are."""
+
+    settings: dict[str, str]
+    """Our dotted settings (ipykernel's that mean one of them renamed), as strings."""
+    connection: dict[str, object]
+    """:class:`~trikernel.protocol.ConnectionInfo` fields given as ipykernel's options."""
+    ipython: list[str]
+    """Everything else, for IPython's command-line parser."""
+
+
+def _unquote(value: str) -> str:
+    # VS Code passes --transport="tcp" and --Session.key=b"..." with the quotes in the argument.
+    if value[:2] in ('b"', "b'"):
+        value = value[1:]
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return value
+
+
+def _level_name(value: str) -> str:
+    # traitlets takes a level as a name or a number ("10"); our setting takes the name.
+    return logging.getLevelName(int(value)) if value.isdigit() else value
+
+
+def split_options(extra: Sequence[str]) -> CommandLine:
+    """Sort the kernel's extra command-line options: our settings, ipykernel's, IPython's.
+
+    Raises:
+        SettingsError: one of our settings without its ``=VALUE``.
+    """
+    from .settings import SettingsError, setting_paths
+
+    known = setting_paths()
+    groups = {path.partition(".")[0] for path in known if "." in path}
+    line = CommandLine({}, {}, [])
     for arg in extra:
-        if not arg.startswith("--") or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r}; settings are given as --path=value")
-        key, _, value = arg[2:].partition("=")
-        items[key] = value
-    return items
+        key, equals, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        path = key.replace("-", "_")
+        ours = path in known or ("." in path and path.partition(".")[0] in groups)
+        if arg == "--debug":
+            line.settings["log_level"] = "DEBUG"
+        elif equals and key in _IPYKERNEL_SETTINGS:
+            setting = _IPYKERNEL_SETTINGS[key]
+            line.settings[setting] = _level_name(value) if setting == "log_level" else value
+        elif ours and not equals:
+            raise SettingsError(f"setting {key!r} takes its value as --{key}=VALUE")
+        elif ours:
+            line.settings[key] = value  # an unknown one in our groups: parse_settings says so
+        elif equals and key in _CONNECTION_OPTIONS:
+            field = _CONNECTION_OPTIONS[key]
+            value = _unquote(value)
+            line.connection[field] = (
+                int(value) if field.endswith("_port") and value.isdigit() else value
+            )
+        else:
+            line.ipython.append(arg)
+    return line
+
+
+def _with_connection_options(
+    connection: ConnectionInfo, options: dict[str, object], from_file: bool, path: Path
+) -> ConnectionInfo:
+    """``connection`` with ipykernel's connection options applied where no file gave it."""
+    if not from_file:
+        return type(connection).from_dict({**attrs.asdict(connection), **options})
+    for field, value in options.items():
+        if getattr(connection, field) != value:
+            shown = "(not shown)" if field == "key" else repr(value)
+            logging.getLogger("trikernel").warning(
+                "the command line's %s %s differs from the connection file's; %s is used",
+                field,
+                shown,
+                path,
+            )
+    return connection
 
 
 # mallopt() parameters, from glibc's malloc.h.
@@ -124,9 +235,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .settings import SettingsError, parse_settings
 
     try:
-        settings = parse_settings(_parse_setting_args(extra, parser))
+        line = split_options(extra)
+        settings = parse_settings(line.settings)
     except SettingsError as exc:
         parser.error(str(exc))
+    if line.ipython:
+        # Checked now, so that a bad option stops the kernel with IPython's message before
+        # anything starts; only then is IPython loaded this early.
+        from .shell import ipython_config
+
+        try:
+            ipython_config(line.ipython)
+        except ValueError as exc:
+            parser.error(str(exc))
+        settings = attrs.evolve(settings, ipython_args=tuple(line.ipython))
     handler = logging.StreamHandler(sys.__stderr__)
     handler.setFormatter(logging.Formatter("[trikernel %(levelname)s %(asctime)s] %(message)s"))
     logger = logging.getLogger("trikernel")
@@ -139,13 +261,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .protocol import ConnectionInfo
 
     path: Path = args.connection_file.expanduser()
-    if path.exists():
-        try:
+    try:
+        if path.exists():
             connection = ConnectionInfo.from_json(path.read_bytes())
-        except ValueError as exc:
-            parser.error(f"connection file {path}: {exc}")
-    else:
-        connection = ConnectionInfo(key=ConnectionInfo.new_key())
+        else:
+            connection = ConnectionInfo(key=ConnectionInfo.new_key())
+    except ValueError as exc:
+        parser.error(f"connection file {path}: {exc}")
+    try:
+        connection = _with_connection_options(connection, line.connection, path.exists(), path)
+    except (TypeError, ValueError) as exc:
+        parser.error(f"connection options {line.connection}: {exc}")
 
     if args.start_interface:
         from .kernelspec import import_start_interface

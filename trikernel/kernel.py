@@ -473,6 +473,7 @@ class Kernel:
                         self,
                         history=self.settings.shell.history,
                         profile=self.settings.shell.profile,
+                        args=self.settings.ipython_args,
                     )
                 self.comm_manager = install_comms(self)
                 self.background = BackgroundTasks(self)

@@ -129,6 +129,12 @@ class KernelSettings:
     """Start glibc's allocator at the thresholds it adapts to after a 32 MiB block is freed,
     instead of where it starts (see docs/architecture.md); off: glibc's defaults."""
 
+    ipython_args: tuple[str, ...] = attrs.field(default=(), metadata={"dotted": False})
+    """Command-line options for IPython's shell, as ipykernel takes them (``--matplotlib=inline``,
+    ``--HistoryManager.hist_file=:memory:``, ``--InteractiveShell.xmode=Plain``): applied on top of
+    the profile's config files. Not a dotted setting: the kernel's command line passes them on
+    (``trikernel.__main__``), and a kernelspec writes them as they are."""
+
     @log_level.validator
     def _check_level(self, _attribute: attrs.Attribute[str], value: str) -> None:
         if not isinstance(logging.getLevelName(value), int):
@@ -144,6 +150,8 @@ def setting_paths(cls: type[Any] = KernelSettings, prefix: str = "") -> dict[str
     hints = typing.get_type_hints(cls)
     paths: dict[str, Any] = {}
     for field in attrs.fields(cls):
+        if not field.metadata.get("dotted", True):
+            continue
         hint = hints[field.name]
         if attrs.has(hint):
             paths.update(setting_paths(hint, f"{prefix}{field.name}."))

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from IPython.core import history as ipython_history
 from IPython.core import page, payloadpage
-from IPython.core.application import BaseIPythonApplication
+from IPython.core.application import BaseIPythonApplication, base_aliases, base_flags
 from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.compilerop import CachingCompiler
 from IPython.core.completer import provisionalcompleter, rectify_completions
@@ -53,7 +53,7 @@ from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import StdinNotImplementedError
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
-from IPython.core.shellapp import InteractiveShellApp
+from IPython.core.shellapp import InteractiveShellApp, shell_aliases, shell_flags
 from IPython.utils.tokenutil import token_at_cursor
 from traitlets import Any as AnyTrait
 from traitlets import Instance, TraitError, Type, default
@@ -755,18 +755,44 @@ class IPythonProfile(BaseIPythonApplication, InteractiveShellApp):
     # (Not named with a leading underscore: traitlets takes no config section for such names.)
 
     name = "ipython-kernel"  # whose config file is ipython_kernel_config.py, as ipykernel's
+    # The command-line options IPython's terminal application and ipykernel's share
+    # (ipykernel's own are mapped in trikernel.__main__). Class attributes, as traitlets wants.
+    aliases = {**base_aliases, **shell_aliases}  # noqa: RUF012
+    flags = {**base_flags, **shell_flags}  # noqa: RUF012
 
     def init_crash_handler(self) -> None:
         pass
 
 
-def _load_profile(name: str) -> IPythonProfile | None:
-    """The profile ``name`` with its config loaded; None, logged, if it cannot be used."""
+def ipython_config(args: Sequence[str]) -> Config:
+    """The config IPython's command-line parser makes of ``args`` (``--Class.trait=value``,
+    ``--matplotlib=inline``, ``--pdb``...), as ipykernel's would.
+
+    Raises:
+        ValueError: IPython's parser refused ``args`` (its message went to stderr), or some are
+            not options.
+    """
+    profile = IPythonProfile(log=log)
+    try:
+        profile.parse_command_line(list(args))
+    except SystemExit:  # argparse's way to refuse
+        raise ValueError(f"IPython's command line refused {list(args)}") from None
+    if profile.extra_args:
+        raise ValueError(f"unrecognised arguments {profile.extra_args}; options are --name=value")
+    return profile.config
+
+
+def _load_profile(name: str, args: Sequence[str] = ()) -> IPythonProfile | None:
+    """The profile ``name`` with its config loaded, and IPython's command-line options ``args``
+    on top (as IPython's applications order them); None, logged, if it cannot be used."""
     profile = IPythonProfile(profile=name, auto_create=True, log=log)
     try:
+        profile.parse_command_line(list(args))  # checked by ipython_config already
+        command_line = copy.deepcopy(profile.config)
         profile.init_profile_dir()
         profile.init_config_files()
         profile.load_config_file()
+        profile.update_config(command_line)
         kernel_app = profile.config.IPKernelApp
         ours = {
             key: kernel_app[key]
@@ -780,7 +806,9 @@ def _load_profile(name: str) -> IPythonProfile | None:
     return profile
 
 
-def make_shell(kernel: Kernel, *, history: bool, profile: str = "default") -> ZMQInteractiveShell:
+def make_shell(
+    kernel: Kernel, *, history: bool, profile: str = "default", args: Sequence[str] = ()
+) -> ZMQInteractiveShell:
     """Create the process's shell (IPython keeps one instance per process).
 
     Args:
@@ -788,8 +816,9 @@ def make_shell(kernel: Kernel, *, history: bool, profile: str = "default") -> ZM
         history: keep IPython's SQLite history; False keeps it in memory for this run only.
         profile: the IPython profile whose config and startup code to use (see
             :class:`IPythonProfile`); :meth:`ZMQInteractiveShell.run_startup` runs the code.
+        args: IPython's command-line options (see :func:`ipython_config`), over the profile's.
     """
-    loaded = _load_profile(profile)
+    loaded = _load_profile(profile, args)
     ours = Config()
     # history_request can ask for outputs; keep them in the database so they outlive a restart.
     ours.HistoryManager.db_log_output = True

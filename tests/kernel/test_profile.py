@@ -8,6 +8,7 @@ kernel with ``--shell.profile=<name>``.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -170,3 +171,39 @@ def test_libraries_see_a_jupyter_kernel(kernel: Kernel) -> None:
     [shown] = outputs(msgs, "display_data")
     assert "font-weight: bold" in shown["content"]["data"]["text/html"]
     assert not outputs(msgs, "stream")
+
+
+def test_ipykernels_command_line_options_as_jupyter_tools_add_them() -> None:
+    """testbook adds --Kernel.stop_on_error_timeout, nbclient --HistoryManager.hist_file, VS
+    Code the connection as options, users IPython's own: the kernel starts and uses them."""
+    k = start_kernel(
+        {
+            "extra_arguments": [
+                "--Kernel.stop_on_error_timeout=3",
+                "--HistoryManager.hist_file=:memory:",
+                "--InteractiveShell.xmode=Plain",
+                "--IPKernelApp.exec_lines=FROM_EXEC_LINES = 1",
+                '--transport="tcp"',
+                '--Session.key=b"not-the-files-key"',
+                "--debug",
+            ]
+        }
+    )
+    try:
+        assert results(
+            k,
+            "shell = get_ipython()\n"
+            "(str(shell.history_manager.hist_file), FROM_EXEC_LINES,"
+            " shell.kernel.settings.shell.stop_on_error_timeout)",
+        ) == ["(':memory:', 1, 3.0)"]
+        reply, _ = k.execute("1/0")
+        # xmode Plain: Python's own traceback layout, not IPython's context frames.
+        first = re.sub(r"\x1b\[[0-9;]*m", "", reply["content"]["traceback"][0])
+        assert first.startswith("Traceback (most recent call last):")
+        log = k.log.read_text()
+        # The connection file's key is used (the kernel answered); the option's is reported.
+        assert "key (not shown) differs from the connection file's" in log
+        assert "not-the-files-key" not in log
+        assert "DEBUG" in log  # --debug
+    finally:
+        stop_kernel(k)
