@@ -109,6 +109,57 @@ def request_or_origin() -> Message | None:
     return current_request.get() or started_by.get()
 
 
+def parent_to_watch(environ: Mapping[str, str] = os.environ) -> int | None:
+    """The process whose exit ends the kernel: ``JPY_PARENT_PID``, which jupyter_client sets
+    to the launching process (a server, a console, papermill); None when it is unset, not a
+    pid, or 1 (init, which never exits)."""
+    value = environ.get("JPY_PARENT_PID", "")
+    try:
+        pid = int(value)
+    except ValueError:
+        if value:
+            log.warning("JPY_PARENT_PID=%r is not a process id; no parent is watched", value)
+        return None
+    return pid if pid > 1 else None
+
+
+async def wait_process_exit(pid: int, poll_every: float = 1.0) -> None:
+    """Return once process ``pid`` has exited (at once if there is none).
+
+    On Linux a pidfd makes this one wait with no polling; elsewhere the pid is checked every
+    ``poll_every`` seconds. (A pid reused by a new process after the watched one exited would
+    read as alive: the kernel's parent does not exit and come back that fast.)
+    """
+    try:
+        fd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # not Linux, or a kernel before 5.3
+        fd = None
+    if fd is None:
+        # An exited process that was not reaped yet still exists; a parent's child learns
+        # sooner, from being given to another parent.
+        child = os.getppid() == pid
+        while True:
+            if not _exists(pid) or (child and os.getppid() != pid):
+                return
+            await trio.sleep(poll_every)
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, but another user's
+        return True
+    return True
+
+
 # `%%timeout SECONDS` as a cell's first line: the rest of the cell runs under that deadline.
 _TIMEOUT_MAGIC = re.compile(r"\A%%timeout\b[ \t]*(?P<seconds>[^\n]*?)[ \t]*(?:\n|\Z)")
 
@@ -586,6 +637,9 @@ class Kernel:
                     self._outboxes["shell"],
                 )
                 started(ports)
+                parent = parent_to_watch()
+                if parent is not None:
+                    nursery.start_soon(self._serve_parent_watch, parent)
                 await trio.sleep_forever()
         except Exception as exc:
             # A channel that cannot go on ends the kernel: without its sockets nobody can reach
@@ -1211,9 +1265,23 @@ class Kernel:
         if self._debugger is not None:
             self._io_nursery.start_soon(self._debugger.release)
 
+    async def _serve_parent_watch(self, pid: int) -> None:
+        """IO loop: shut down once the process that launched the kernel has exited.
+
+        Killed (a closed terminal, a crashed server, ``kill -9``), a frontend sends no
+        shutdown_request and no SIGTERM; without this its kernel would live on, unreachable.
+        """
+        await wait_process_exit(pid)
+        log.warning("the parent process %d exited: shutting down", pid)
+        self._stop_unasked()
+
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM: the orderly exit of a shutdown_request, without a reply to send."""
         log.info("SIGTERM: shutting down")
+        self._stop_unasked()
+
+    def _stop_unasked(self) -> None:
+        """Any thread: shut down as for a shutdown_request, with no reply to send."""
         post(self._main_token, self._begin_shutdown)
         self._user.close()
         self._user.interrupt()

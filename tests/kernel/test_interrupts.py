@@ -7,6 +7,8 @@ import queue
 import random
 import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -263,6 +265,30 @@ def test_sigterm_exits_in_order(fresh_kernel: Kernel) -> None:
     os.kill(fresh_kernel.km.provisioner.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
     assert fresh_kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
     fresh_kernel.wait_exit()
+
+
+def test_kernel_exits_when_its_launcher_is_killed() -> None:
+    """A console or server killed with SIGKILL sends no shutdown; the kernel sees its launcher
+    (JPY_PARENT_PID, as jupyter_client sets it) exit and shuts down in order, a running cell
+    interrupted, instead of living on unreachable."""
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        # independent: jupyter_client would set JPY_PARENT_PID to this test's pid.
+        k = start_kernel(
+            {"independent": True, "env": {**os.environ, "JPY_PARENT_PID": str(launcher.pid)}}
+        )
+    except BaseException:
+        launcher.kill()
+        raise
+    try:
+        cell = _blocked_cell(k)
+        launcher.kill()
+        launcher.wait()
+        assert k.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
+        k.wait_exit()
+        assert f"the parent process {launcher.pid} exited" in k.log.read_text()
+    finally:
+        stop_kernel(k)
 
 
 # A signal sent to the process goes to any thread that does not block it, and CPython runs its
