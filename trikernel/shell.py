@@ -39,7 +39,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import CodeType, TracebackType
+from types import CodeType, FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -888,6 +888,15 @@ def kernel_pdb() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.setdefault("skip", list(_KERNEL_MODULES))
             super().__init__(*args, **kwargs)
+
+        def stop_here(self, frame: FrameType) -> bool:
+            # IPython 9 prints "[... skipped 1 ignored module(s)]" whenever a skipped module's
+            # function is called while stepping, even where it would not stop: each print()
+            # under `next` gave a dozen such lines. Never stopping there needs no line.
+            if self.is_skipped_module(frame.f_globals.get("__name__", "")):
+                return False
+            stop: bool = super().stop_here(frame)
+            return stop
 
     return KernelPdb
 

@@ -308,6 +308,19 @@ def test_stepping_in_pdb_never_stops_in_the_kernels_code(kernel: Kernel) -> None
     assert "_on_cpu_tick" not in shown
 
 
+def test_run_d_steps_over_a_print_and_continues(kernel: Kernel, tmp_path: Path) -> None:
+    # The debugger's tracer runs at every call, the output queue's own included, and IPython's
+    # prints a line from there: the kernel hung in that print (`%run -d`, then n, c).
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nprint('script ran', __name__)\nsys.stdout.flush()\n")
+    reply, msgs = kernel.execute_answering(f"%run -d {script}", "n", "n", "c")
+    assert reply["content"]["status"] == "ok"
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", stream_text(msgs))
+    assert "script ran __main__\n" in shown
+    # Calls into the kernel's modules while stepping are skipped without a word.
+    assert "ignored module" not in shown
+
+
 def test_two_prompts_waiting_at_once_get_their_own_answers(kernel: Kernel) -> None:
     # A thread and its cell (or a subshell's cell and the parent's) can both wait for input.
     msg_id = kernel.kc.execute(

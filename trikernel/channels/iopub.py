@@ -87,7 +87,12 @@ class IOPubQueue:
     flush_interval: float = 0.02
     max_batch_bytes: int = 1 << 20
     max_pending_bytes: int = 32 << 20
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    # Re-entrant: a tracer (pdb stepping, `%run -d`) runs at every Python call, this class's
+    # own made under the lock too, and a debugger's tracer prints ("[... skipped 1 ignored
+    # module(s)]"), which comes back here in the same thread; a plain lock hung the kernel
+    # there. Every call made under the lock comes where the queue's state is whole, so the
+    # nested write queues its text (before the outer one's, if that was not queued yet).
+    _lock: threading.RLock = attrs.field(init=False, factory=threading.RLock)
     _room: threading.Condition = attrs.field(init=False)
     _consumer: int = attrs.field(init=False, factory=threading.get_ident)
     """The io loop's thread, whose publishers never wait (made in the io loop)."""
