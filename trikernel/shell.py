@@ -265,6 +265,20 @@ class ZMQInteractiveShell(InteractiveShell):
         configurables: list[Any] = self.configurables
         configurables.append(self.history_manager)
 
+    def init_environment(self) -> None:
+        # What `!cmd` and subprocesses see, as in ipykernel. Output goes to a notebook, never
+        # to a terminal: a pager would wait for keys that never come (`!git log` and `!man`
+        # hung in less), and tools that colour only on a terminal colour here too, since
+        # frontends show ANSI colours.
+        os.environ.update(
+            TERM="xterm-color",
+            CLICOLOR="1",
+            CLICOLOR_FORCE="1",
+            FORCE_COLOR="1",
+            PAGER="cat",
+            GIT_PAGER="cat",
+        )
+
     def init_io(self) -> None:
         # The kernel installs its own sys.stdout / sys.stderr; IPython must not replace them.
         pass

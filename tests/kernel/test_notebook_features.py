@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import uuid
 from pathlib import Path
 
-from tests.kernel.conftest import TIMEOUT, Kernel, merge_streams, outputs, stream_text
+from tests.kernel.conftest import (
+    TIMEOUT,
+    Kernel,
+    merge_streams,
+    outputs,
+    start_kernel,
+    stop_kernel,
+    stream_text,
+)
 
 
 def ok(kernel: Kernel, code: str, **kwargs: object) -> list[dict]:
@@ -377,6 +386,25 @@ def test_shell_commands_stream_while_they_run(kernel: Kernel) -> None:
         code = result_text(ok(kernel, "_exit_code"))
         raise AssertionError(f"no 'second': exit code {code}; iopub after 'first': {rest}")
     assert stream_text(ok(kernel, "%%bash\necho from bash")) == "from bash\n"
+
+
+def test_git_log_in_a_shell_command_does_not_wait_in_a_pager(tmp_path: Path) -> None:
+    # `!cmd` runs on a pseudo-terminal, so git starts the pager the environment names, which
+    # waited for keys that never come (`!git log` hung in less). As in ipykernel, the kernel
+    # sets PAGER and GIT_PAGER to cat.
+    waits_for_a_key = "sh -c 'cat > /dev/null; read key'"
+    env = {**os.environ, "TERM": "xterm", "PAGER": waits_for_a_key, "GIT_PAGER": waits_for_a_key}
+    k = start_kernel({"env": env})
+    try:
+        repo = tmp_path / "repo"
+        ok(
+            k,
+            f"!git init -q {repo} && git -C {repo} -c user.name=t -c user.email=t@t"
+            " commit -q --allow-empty -m 'the first commit'",
+        )
+        assert "the first commit" in stream_text(ok(k, f"!git -C {repo} log"))
+    finally:
+        stop_kernel(k)
 
 
 def test_magics(kernel: Kernel, tmp_path: object) -> None:
