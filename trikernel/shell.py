@@ -924,30 +924,57 @@ def _make_pdb_ipythons(pdb: Any) -> None:
 
 
 class _PdbFinder(importlib.abc.MetaPathFinder):
-    """Loads ``pdb`` as usual the first time it is imported, then makes it IPython's."""
+    """Makes ``pdb`` IPython's once it is loaded, the first time it is imported.
+
+    IPython's debugger, which the patch needs, imports ``pdb`` itself: imported first (by
+    ``%debug``, ``%pdb``), it is only half loaded when ``pdb`` is, and patching then failed
+    with a circular import. So this finder watches both, and patches once neither is loading.
+    """
+
+    _WATCHED = ("pdb", "IPython.core.debugger")
+
+    def __init__(self) -> None:
+        self._finding = False
+        self._loading_debugger = False
 
     def find_spec(
         self, fullname: str, path: Any, target: object = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "pdb":
+        if fullname not in self._WATCHED or self._finding:
             return None
-        with contextlib.suppress(ValueError):  # taken out already, by someone else
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("pdb")
+        self._finding = True  # the real spec, found by the finders after this one
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding = False
         if spec is None or spec.loader is None:
             return spec
-        loader = spec.loader
+        loader, finder = spec.loader, self
 
         class Loader(importlib.abc.Loader):
             def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
                 return loader.create_module(spec)
 
             def exec_module(self, module: Any) -> None:
-                loader.exec_module(module)
-                _make_pdb_ipythons(module)
+                if fullname == "pdb":
+                    loader.exec_module(module)
+                    if not finder._loading_debugger:
+                        finder._patch(module)
+                    return
+                finder._loading_debugger = True
+                try:
+                    loader.exec_module(module)
+                finally:
+                    finder._loading_debugger = False
+                finder._patch(sys.modules["pdb"])
 
         spec.loader = Loader()
         return spec
+
+    def _patch(self, pdb: Any) -> None:
+        with contextlib.suppress(ValueError):  # taken out already
+            sys.meta_path.remove(self)
+        _make_pdb_ipythons(pdb)
 
 
 def _install_input(kernel: Kernel) -> None:

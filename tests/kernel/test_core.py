@@ -288,6 +288,29 @@ def test_pdb_set_trace_is_ipythons_debugger(kernel: Kernel) -> None:
     assert "x = 1" in re.sub(r"\x1b\[[0-9;]*m", "", stream_text(kernel.until_idle(msg_id)))
 
 
+@pytest.mark.parametrize(
+    "first_cell", ["import IPython.core.debugger", "%pdb on", "import pdb", "pass"]
+)
+def test_the_debugger_is_ipythons_whatever_loads_it_first(
+    fresh_kernel: Kernel, first_cell: str
+) -> None:
+    # IPython's debugger imports pdb, which the kernel makes IPython's once loaded: loaded
+    # first, IPython's debugger (%debug, %pdb) failed with a circular import.
+    assert fresh_kernel.execute(first_cell)[0]["content"]["status"] == "ok"
+    failing = "def f():\n    1/0\nf()"
+    if first_cell == "%pdb on":  # the failing cell opens the debugger itself
+        _, msgs = fresh_kernel.execute_answering(failing, "p 'in the debugger'", "q")
+    else:
+        fresh_kernel.execute(failing)
+        reply, msgs = fresh_kernel.execute_answering("%debug", "p 'in the debugger'", "q")
+        assert reply["content"]["status"] == "ok", reply["content"]
+    assert "'in the debugger'" in stream_text(msgs)
+    msg_id = fresh_kernel.kc.execute("import pdb\npdb.set_trace()\nx = 1", allow_stdin=True)
+    assert fresh_kernel.kc.get_stdin_msg(timeout=TIMEOUT)["content"]["prompt"] == "ipdb> "
+    fresh_kernel.kc.input("c")
+    assert fresh_kernel.reply(msg_id)["content"]["status"] == "ok"
+
+
 def test_stepping_in_pdb_never_stops_in_the_kernels_code(kernel: Kernel) -> None:
     # The kernel's CPU tick (a signal handler) runs after the long C call; "step" stopped in it.
     reply, msgs = kernel.execute_answering(
