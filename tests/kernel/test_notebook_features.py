@@ -334,6 +334,21 @@ def test_fd_level_output_comes_before_what_the_cell_shows_next(kernel: Kernel) -
     ]
 
 
+def test_a_cell_alternating_stdout_and_stderr_sends_few_messages(kernel: Kernel) -> None:
+    # One message per write (20,000 here) left frontends seconds behind, and papermill and
+    # nbconvert timed out waiting for the cell's output; ipykernel sent 2 to 4.
+    msgs = ok(
+        kernel,
+        "import sys\nfor i in range(10_000):\n"
+        "    print('out', i)\n    print('err', i, file=sys.stderr)",
+    )
+    streams = outputs(msgs, "stream")
+    assert len(streams) < 500, f"{len(streams)} stream messages"
+    for name, word in (("stdout", "out"), ("stderr", "err")):
+        expected = "".join(f"{word} {i}\n" for i in range(10_000))
+        assert stream_text(msgs, name) == expected  # all of it, in order
+
+
 def test_forked_workers_print_to_the_cell_in_whole_lines(kernel: Kernel) -> None:
     # multiprocessing's "fork" workers (Linux's default before Python 3.14) have a copy of the
     # kernel's streams but no loop to send them: their lines go through the descriptors.

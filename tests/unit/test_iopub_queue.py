@@ -55,3 +55,24 @@ async def test_an_interrupt_cannot_land_between_a_change_and_its_wake_up(
     queue.write("stdout", "text", None)
     queue.flush()
     assert protected == [True, True, True]
+
+
+async def test_text_alternating_between_streams_is_batched_per_stream() -> None:
+    # A cell alternating print() and a warning made a message per write: 20,000 where
+    # ipykernel sent 4, and papermill gave up waiting. A few switches keep their order; past
+    # them each stream's text joins the message of its stream.
+    session = Session(b"")
+    queue = IOPubQueue(session, trio.lowlevel.current_trio_token())
+    parent = session.msg("execute_request", {})
+    for i in range(1000):
+        queue.write("stdout", f"out {i}\n", parent)
+        queue.write("stderr", f"err {i}\n", parent)
+    queue.write("stdout", "last\n", None)  # another request's text is never joined to these
+    with trio.fail_after(5):
+        sent = [(m.content["name"], m.content["text"]) for m in await queue.get_batch()]
+    assert len(sent) < 20
+    assert sent[:3] == [("stdout", "out 0\n"), ("stderr", "err 0\n"), ("stdout", "out 1\n")]
+    for name, prefix in (("stdout", "out"), ("stderr", "err")):
+        text = "".join(t for n, t in sent[:-1] if n == name)
+        assert text == "".join(f"{prefix} {i}\n" for i in range(1000))  # in order, all of it
+    assert sent[-1] == ("stdout", "last\n")
