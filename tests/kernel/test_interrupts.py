@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import random
@@ -265,6 +266,24 @@ def test_sigterm_exits_in_order(fresh_kernel: Kernel) -> None:
     os.kill(fresh_kernel.km.provisioner.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
     assert fresh_kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
     fresh_kernel.wait_exit()
+
+
+def test_an_interrupted_cells_traceback_is_there_before_its_reply(kernel: Kernel) -> None:
+    # jupyter console prints, once the reply is in, only the output already received: the
+    # rest came after its next prompt. The traceback came after the reply 12 times in 20.
+    for _ in range(5):
+        cell = _blocked_cell(kernel)
+        kernel.reply(kernel.control("interrupt_request"), "control")
+        assert kernel.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
+        there: list[str] = []
+        with contextlib.suppress(queue.Empty):
+            while True:  # what has arrived by now, without waiting
+                msg = kernel.kc.get_iopub_msg(timeout=0)
+                if msg["parent_header"].get("msg_id") == cell:
+                    there.append(msg["msg_type"])
+        assert "error" in there, there
+        if "status" not in there:
+            kernel.until_idle(cell)
 
 
 def test_kernel_exits_when_its_launcher_is_killed() -> None:

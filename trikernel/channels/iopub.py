@@ -255,6 +255,11 @@ class IOPubQueue:
         if wake:
             self._post_wake()
 
+    def idle(self) -> bool:
+        """Whether nothing waits to be sent and nobody is sending (any thread)."""
+        with self._lock:
+            return not self._items and not self._claimed
+
     async def wait_sent(self) -> None:
         """Wait until everything queued so far was handed to ZeroMQ (io loop only)."""
         marker = SentMarker()

@@ -51,6 +51,7 @@ async def serve_router(
     outbox: Outbox,
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
+    before_send: Callable[[], Awaitable[None]] | None = None,
     on_unroutable: Callable[[Message], None] | None = None,
     stall_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -60,6 +61,7 @@ async def serve_router(
 
     ``ready``, if given, is awaited before each receive: while it waits, requests stay in
     ZeroMQ's queue (and then the client's), which bounds what a flood costs the kernel.
+    ``before_send``, if given, is awaited before each batch of the outbox is sent.
     ``on_unroutable``, if given, is called with each message whose client is not connected.
     ``stall_timeout``: seconds a reply waits for a client whose queue is full (see the module's
     invariants).
@@ -69,7 +71,7 @@ async def serve_router(
         trio.open_nursery() as nursery,
     ):
         replier = _Replier(sock, channel, stall_timeout, on_unroutable)
-        nursery.start_soon(_send_outbox, replier, session, outbox)
+        nursery.start_soon(_send_outbox, replier, session, outbox, before_send)
         token = trio.lowlevel.current_trio_token()
 
         def send_from_thread(item: Message | SentMarker) -> bool:
@@ -133,9 +135,17 @@ class _DropLog:
         self._last, self._suppressed = now, 0
 
 
-async def _send_outbox(replier: _Replier, session: Session, outbox: Outbox) -> None:
+async def _send_outbox(
+    replier: _Replier,
+    session: Session,
+    outbox: Outbox,
+    before_send: Callable[[], Awaitable[None]] | None,
+) -> None:
     while True:
-        for item in await outbox.get_batch():
+        batch = await outbox.get_batch()
+        if before_send is not None:
+            await before_send()
+        for item in batch:
             frames = frames_to_send(session, item, replier.channel)
             if frames is not None:
                 assert isinstance(item, Message)  # markers have no frames
@@ -249,6 +259,7 @@ async def serve_shell(
     on_message: Callable[[Message], None],
     outbox: Outbox,
     *,
+    before_send: Callable[[], Awaitable[None]] | None = None,
     stall_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -258,6 +269,7 @@ async def serve_shell(
     thread: ``interrupt_request`` and ``shutdown_request`` sent here (some frontends do) are
     acted on at once; everything else is forwarded to the main loop, stamped with its arrival
     time (which decides whether it is aborted after a failed or interrupted cell).
+    ``before_send``: as for :func:`serve_router` (the kernel sends iopub's queue first).
     """
     await serve_router(
         ctx,
@@ -266,6 +278,7 @@ async def serve_shell(
         session,
         on_message,
         outbox,
+        before_send=before_send,
         stall_timeout=stall_timeout,
         task_status=task_status,
     )
