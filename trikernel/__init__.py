@@ -5,7 +5,16 @@ The public API is what this module exports; ``tests/unit/test_exports.py`` pins 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+if sys.argv[:1] == ["-m"] and sys.path[:1] == [str(Path.cwd())]:
+    # `python -m trikernel` (sys.argv[0] is "-m" while runpy imports the package) put the
+    # working directory first on sys.path, where a notebook's `random.py` or `signal.py`
+    # shadowed the standard library, the kernel's own imports included. The shell puts it
+    # back after the standard library, as IPython and ipykernel do (see trikernel.shell).
+    del sys.path[0]
 
 __version__ = "0.1.0"
 

@@ -860,6 +860,9 @@ def make_shell(
             loaded = None
     if shell is None:
         shell = ZMQInteractiveShell.instance(kernel=kernel, config=ours)
+    # The working directory on sys.path, after the standard library (unless the profile says
+    # ignore_cwd), as IPython's applications put it.
+    (loaded or IPythonProfile(log=log)).init_path()
     shell._profile = loaded
     _install_input(kernel)
     _use_ipythons_debugger()

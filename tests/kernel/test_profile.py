@@ -207,3 +207,22 @@ def test_ipykernels_command_line_options_as_jupyter_tools_add_them() -> None:
         assert "DEBUG" in log  # --debug
     finally:
         stop_kernel(k)
+
+
+def test_the_working_directory_comes_after_the_standard_library(tmp_path: Path) -> None:
+    """A notebook's folder holding `random.py` (or `signal.py`, which the kernel imports) no
+    longer shadows the standard library; its other modules still import, as in ipykernel."""
+    (tmp_path / "random.py").write_text("SHADOWS_THE_STDLIB = True\n")
+    (tmp_path / "signal.py").write_text(
+        "raise ImportError('the notebook folder shadowed signal')\n"
+    )
+    (tmp_path / "notebook_helpers.py").write_text("ANSWER = 42\n")
+    k = start_kernel({"cwd": str(tmp_path)})
+    try:
+        assert results(
+            k,
+            "import random, notebook_helpers\n"
+            "hasattr(random, 'SHADOWS_THE_STDLIB'), notebook_helpers.ANSWER",
+        ) == ["(False, 42)"]
+    finally:
+        stop_kernel(k)
