@@ -1381,12 +1381,19 @@ class Kernel:
         if request.msg_id in self._pending_input:  # not given up meanwhile
             self._outboxes["stdin"].put(request)
 
+    def stdin_allowed(self) -> bool:
+        """Whether input may be asked for here: the request this code runs for (a thread's:
+        the one that started it) says ``allow_stdin``."""
+        request = self.parent()
+        return request is not None and bool(request.content.get("allow_stdin", False))
+
     def _input_request(self, prompt: str, password: bool) -> Message | None:
-        request = self.parent()  # a thread's prompt goes where its output goes
         # Without allow_stdin, no input_request: a client that does not say it answers them
         # gets StdinNotImplementedError at once rather than a cell that waits for ever.
-        if request is None or not request.content.get("allow_stdin", False):
+        if not self.stdin_allowed():
             return None
+        request = self.parent()  # a thread's prompt goes where its output goes
+        assert request is not None  # stdin_allowed
         self.flush_output()
         return self.session.msg(
             "input_request", {"prompt": prompt, "password": password}, parent=request

@@ -906,6 +906,19 @@ def kernel_pdb() -> type:
             kwargs.setdefault("skip", list(_KERNEL_MODULES))
             super().__init__(*args, **kwargs)
 
+        def set_trace(self, frame: Any = None, **kwargs: Any) -> Any:
+            # breakpoint() and pdb.set_trace() left in a notebook that papermill or nbconvert
+            # runs (which answer no input) failed the run with StdinNotImplementedError; with
+            # ipykernel breakpoint() passes. Skipped, with a line saying so.
+            kernel = getattr(InteractiveShell._instance, "kernel", None)
+            if kernel is not None and not kernel.stdin_allowed():
+                sys.stderr.write(
+                    "breakpoint skipped: this frontend does not answer input "
+                    "(allow_stdin is false)\n"
+                )
+                return None
+            return super().set_trace(frame or sys._getframe().f_back, **kwargs)
+
         def stop_here(self, frame: FrameType) -> bool:
             # IPython 9 prints "[... skipped 1 ignored module(s)]" whenever a skipped module's
             # function is called while stepping, even where it would not stop: each print()

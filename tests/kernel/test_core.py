@@ -311,6 +311,23 @@ def test_the_debugger_is_ipythons_whatever_loads_it_first(
     assert fresh_kernel.reply(msg_id)["content"]["status"] == "ok"
 
 
+def test_breakpoint_stops_where_input_is_answered_and_is_skipped_elsewhere(
+    kernel: Kernel,
+) -> None:
+    code = "x = 'ran on'\nbreakpoint()\nprint(x)"
+    # papermill and nbconvert answer no input: a breakpoint() left in the notebook failed it.
+    reply, msgs = kernel.execute(code, allow_stdin=False)
+    assert reply["content"]["status"] == "ok"
+    assert stream_text(msgs) == "ran on\n"
+    assert "breakpoint skipped" in stream_text(msgs, "stderr")
+    # A frontend that answers gets the debugger, at the cell's line.
+    reply, msgs = kernel.execute_answering(code, "c")
+    assert reply["content"]["status"] == "ok"
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", stream_text(msgs))
+    assert "----> 2 breakpoint()" in shown
+    assert shown.endswith("ran on\n")
+
+
 def test_stepping_in_pdb_never_stops_in_the_kernels_code(kernel: Kernel) -> None:
     # The kernel's CPU tick (a signal handler) runs after the long C call; "step" stopped in it.
     reply, msgs = kernel.execute_answering(
