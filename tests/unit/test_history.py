@@ -135,15 +135,16 @@ def test_the_save_thread_writes_a_burst_of_cells_in_one_transaction(
     woken_per_cell: HistoryManager,
 ) -> None:
     counts, wrote = _recording_inserts(woken_per_cell)
-    # Cells 50 ms apart for longer than one pause: none of the gaps is a pause.
-    for n in range(1, 16):
+    # Cells 10 ms apart for longer than one pause (50 ms), within the longest wait (0.25 s):
+    # none of the gaps is a pause.
+    for n in range(1, 9):
         woken_per_cell.store_inputs(n, f"x = {n}")
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert wrote.wait(TIMEOUT), "the save thread wrote nothing"
-    assert counts == [15]
+    assert counts == [8]
     # Written by the save thread: in the database before anything asked for it.
     rows = woken_per_cell.db.execute("SELECT source FROM history ORDER BY line").fetchall()
-    assert [row[0] for row in rows] == [f"x = {n}" for n in range(1, 16)]
+    assert [row[0] for row in rows] == [f"x = {n}" for n in range(1, 9)]
 
 
 def test_the_save_thread_writes_a_single_cell_once_cells_pause(
@@ -153,3 +154,21 @@ def test_the_save_thread_writes_a_single_cell_once_cells_pause(
     woken_per_cell.store_inputs(1, "a = 1")
     assert wrote.wait(TIMEOUT), "the save thread did not write the cell"
     assert counts == [1]
+
+
+def test_cells_that_never_pause_are_written_while_they_come(
+    woken_per_cell: HistoryManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a kernel killed outright loses is what waits unwritten: cells stored without a
+    # pause are written at least every 0.25 s (at 1 s, the 20 quick cells before a kill were
+    # all lost).
+    monkeypatch.setattr(shell, "_HISTORY_LINGER", 0.05)  # the kernel's
+    _, wrote = _recording_inserts(woken_per_cell)
+    start = time.monotonic()
+    n = 0
+    # A cell every 10 ms (never a 50 ms pause) for 0.75 s, three times the longest wait.
+    while not wrote.is_set() and time.monotonic() - start < 0.75:
+        n += 1
+        woken_per_cell.store_inputs(n, f"x = {n}")
+        time.sleep(0.01)
+    assert wrote.is_set(), f"nothing written while {n} cells came"
