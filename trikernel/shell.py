@@ -130,8 +130,9 @@ class _DisplayPublisher(DisplayPublisher):
 # 50 ms rather than 10: a transaction (about 1.5 ms of CPU with its fsyncs) 10 ms after a cell
 # landed while that cell's output was still going out; a 10 MB write took 5-6% longer.
 # A kernel killed outright (SIGKILL, os._exit) loses the entries not written yet: at most the
-# last 0.3 s of cells. (At 1 s, the 20 quick cells before a kill were all lost; ipykernel,
-# writing after every cell, keeps them. A commit every 0.25 s costs under 1% of a busy kernel.)
+# last 0.3 s of cells (it was 1 s). Twenty quick cells run just before a SIGKILL are still
+# all lost; ipykernel, committing after every cell, keeps them. A commit every 0.25 s during
+# a burst costs under 1% of a busy kernel's CPU.
 _HISTORY_LINGER = 0.05
 _HISTORY_MAX_WAIT = 0.25
 

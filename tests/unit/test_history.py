@@ -160,8 +160,7 @@ def test_cells_that_never_pause_are_written_while_they_come(
     woken_per_cell: HistoryManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What a kernel killed outright loses is what waits unwritten: cells stored without a
-    # pause are written at least every 0.25 s (at 1 s, the 20 quick cells before a kill were
-    # all lost).
+    # pause are written at least every 0.25 s (it was 1 s).
     monkeypatch.setattr(shell, "_HISTORY_LINGER", 0.05)  # the kernel's
     _, wrote = _recording_inserts(woken_per_cell)
     start = time.monotonic()
