@@ -349,6 +349,16 @@ def test_a_cell_alternating_stdout_and_stderr_sends_few_messages(kernel: Kernel)
         assert stream_text(msgs, name) == expected  # all of it, in order
 
 
+def test_a_pool_left_open_does_not_hold_the_kernels_exit(fresh_kernel: Kernel) -> None:
+    # The kernel ends what its cells started with a SIGTERM to its process group; sent before
+    # the pool's own atexit handler ran, it could end a worker holding the pool's lock, and
+    # that handler then waited for ever. (The exit itself is checked by wait_exit: status 0.)
+    ok(fresh_kernel, "import multiprocessing\npool = multiprocessing.Pool(2)\npool.map(abs, [-1])")
+    reply = fresh_kernel.reply(fresh_kernel.control("shutdown_request"), "control")
+    assert reply["content"]["status"] == "ok"
+    fresh_kernel.wait_exit()
+
+
 def test_forked_workers_print_to_the_cell_in_whole_lines(kernel: Kernel) -> None:
     # multiprocessing's "fork" workers (Linux's default before Python 3.14) have a copy of the
     # kernel's streams but no loop to send them: their lines go through the descriptors.
