@@ -45,7 +45,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
@@ -524,20 +524,21 @@ class Kernel:
                 from .comms import install_comms
                 from .shell import make_shell
 
-                # IPython starts its history thread here.
-                with main_thread_signals_only():
-                    self.shell = make_shell(
-                        self,
-                        history=self.settings.shell.history,
-                        profile=self.settings.shell.profile,
-                        args=self.settings.ipython_args,
-                    )
-                self.comm_manager = install_comms(self)
-                self.background = BackgroundTasks(self)
-                await nursery.start(self.background.serve)
-                background.tasks = self.background
-                # Before the first cell, as in ipykernel; execute requests wait meanwhile.
-                self.shell.run_startup()
+                with _startup_messages_in_log():
+                    # IPython starts its history thread here.
+                    with main_thread_signals_only():
+                        self.shell = make_shell(
+                            self,
+                            history=self.settings.shell.history,
+                            profile=self.settings.shell.profile,
+                            args=self.settings.ipython_args,
+                        )
+                    self.comm_manager = install_comms(self)
+                    self.background = BackgroundTasks(self)
+                    await nursery.start(self.background.serve)
+                    background.tasks = self.background
+                    # Before the first cell, as in ipykernel; execute requests wait meanwhile.
+                    self.shell.run_startup()
                 await nursery.start(self._serve_shell_requests)
                 # What is loaded by now (IPython, trio, the kernel: some 36,000 objects) lives
                 # as long as the kernel. Frozen, Python's cyclic collector no longer walks it:
@@ -1452,6 +1453,31 @@ def _python_signals_in_forked_child() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGVTALRM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _startup_messages_in_log() -> Iterator[None]:
+    """While the shell starts, Python's warnings go to the kernel's log, and IPython's log
+    from then on: both would otherwise reach no one.
+
+    Before any request, what is printed has no cell to go to: an unwritable HOME that IPython
+    warned about, a config option nothing reads. And IPython's parts log through traitlets'
+    logger, which outside an IPython application has no handler ("Failed to open SQLite
+    history ... moved to history-corrupt.sqlite" was lost).
+    """
+    handlers = logging.getLogger("trikernel").handlers
+    warnings_log = logging.getLogger("py.warnings")
+    for name in ("traitlets", "py.warnings"):
+        for handler in handlers:
+            logging.getLogger(name).addHandler(handler)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        # After startup a warning goes to the cell that caused it, as in ipykernel.
+        logging.captureWarnings(False)
+        for handler in handlers:
+            warnings_log.removeHandler(handler)
 
 
 def _end_child_processes() -> None:

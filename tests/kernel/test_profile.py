@@ -226,3 +226,22 @@ def test_the_working_directory_comes_after_the_standard_library(tmp_path: Path) 
         ) == ["(False, 42)"]
     finally:
         stop_kernel(k)
+
+
+def test_what_ipython_says_while_the_shell_starts_is_in_the_kernels_log() -> None:
+    """Before any request nothing printed reaches a frontend: IPython's own log (a config
+    option nothing reads; a history database it had to move aside) and warnings then were
+    lost. The kernel's log has them, as ipykernel's has."""
+    with kernel_with_profile(
+        {
+            "ipython_kernel_config.py": "c.InteractiveShell.not_a_trait_of_the_shell = 1\n",
+            "startup/00-warn.py": "import warnings\nwarnings.warn('a startup warning')\n",
+        }
+    ) as k:
+        assert results(k, "1 + 1") == ["2"]  # the shell is up: startup has run
+        log = k.log.read_text()
+        assert "not_a_trait_of_the_shell" in log
+        assert "a startup warning" in log
+        # After startup a warning goes to its cell, as in ipykernel.
+        _, msgs = k.execute("import warnings\nwarnings.warn('a cell warning')")
+        assert "a cell warning" in stream_text(msgs, "stderr")
