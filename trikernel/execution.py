@@ -32,15 +32,20 @@ So the kernel's own code never sees a stray ``KeyboardInterrupt``: it either run
 :func:`trio.lowlevel.enable_ki_protection`) or outside every request. Background tasks are not
 requests and are never interrupted.
 
-While user code runs, a CPU-time timer (``ITIMER_VIRTUAL``, SIGVTALRM) fires every few
-milliseconds of CPU use, and its handler sleeps for zero seconds. Sleeping releases the GIL, so
-the io thread gets to answer control requests even during a C call that holds the GIL for
-seconds (CPython checks for signals inside its regex engine, for instance). The timer counts
-CPU time only, so a cell that sleeps or waits costs nothing.
+While user code runs, a CPU-time timer (SIGVTALRM) fires every few milliseconds of the main
+thread's CPU use, and its handler sleeps for zero seconds. Sleeping releases the GIL, so the io
+thread gets to answer control requests even during a C call that holds the GIL for seconds
+(CPython checks for signals inside its regex engine, for instance). The timer counts the main
+thread's CPU time only (:class:`_CpuTick`), so a cell that sleeps or waits is never signalled:
+counting the whole process's (``ITIMER_VIRTUAL``), the other threads' work fired it into a C
+call's ``sleep()``, which returned early (8 of 15 times), as C code that does not retry after
+a signal does.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import signal
 import sys
 import threading
@@ -67,6 +72,84 @@ __all__ = [
 CancelReason = str
 
 _GIL_YIELD_INTERVAL = 0.005
+
+
+class _TimeSpec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = (("it_interval", _TimeSpec), ("it_value", _TimeSpec))
+
+
+class _SigEvent(ctypes.Structure):
+    # Linux's struct sigevent on 64-bit targets: 64 bytes, the thread id first in its union.
+    _fields_ = (
+        ("sigev_value", ctypes.c_void_p),
+        ("sigev_signo", ctypes.c_int),
+        ("sigev_notify", ctypes.c_int),
+        ("sigev_notify_thread_id", ctypes.c_int),
+        ("_pad", ctypes.c_int * 11),
+    )
+
+
+_SIGEV_THREAD_ID = 4
+
+
+class _CpuTick:
+    """SIGVTALRM every ``interval`` seconds of the calling thread's CPU time, while started.
+
+    On 64-bit Linux, a POSIX timer on the thread's CPU clock that signals that thread; where
+    that cannot be had, ``setitimer(ITIMER_VIRTUAL)``, which counts every thread's CPU time.
+    Make it on the thread to count (the main thread).
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._spec = _ITimerSpec()
+        self._spec.it_interval.tv_nsec = self._spec.it_value.tv_nsec = int(interval * 1e9)
+        self._interval = interval
+        self._timer: ctypes.c_void_p | None = None
+        self._settime: Any = None
+        self._delete: Any = None
+        if sys.platform != "linux" or ctypes.sizeof(ctypes.c_void_p) != 8:
+            return
+        try:
+            # PyDLL: these calls keep the GIL (they take microseconds, and each request makes
+            # two; releasing it could hand the GIL to the io thread for a switch interval).
+            libc = ctypes.PyDLL(None, use_errno=True)
+            if not hasattr(libc, "timer_create"):  # glibc before 2.34 keeps it in librt
+                libc = ctypes.PyDLL(ctypes.util.find_library("rt"), use_errno=True)
+            clock = time.pthread_getcpuclockid(threading.get_ident())
+            event = _SigEvent(
+                sigev_signo=signal.SIGVTALRM,
+                sigev_notify=_SIGEV_THREAD_ID,
+                sigev_notify_thread_id=threading.get_native_id(),
+            )
+            timer = ctypes.c_void_p()
+            if libc.timer_create(clock, ctypes.byref(event), ctypes.byref(timer)) != 0:
+                return
+        except (OSError, AttributeError, TypeError):
+            return
+        self._timer, self._settime, self._delete = timer, libc.timer_settime, libc.timer_delete
+
+    def start(self) -> None:
+        if self._timer is None:
+            signal.setitimer(signal.ITIMER_VIRTUAL, self._interval, self._interval)
+        else:
+            self._settime(self._timer, 0, ctypes.byref(self._spec), None)
+
+    def stop(self) -> None:
+        if self._timer is None:
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        else:
+            self._settime(self._timer, 0, ctypes.byref(_ITimerSpec()), None)
+
+    def close(self) -> None:
+        self.stop()
+        if self._timer is not None:
+            self._delete(self._timer)
+            self._timer = None
+
 
 T = TypeVar("T")
 
@@ -138,6 +221,7 @@ class UserCode(trio.abc.Instrument):
     """Set by the kernel: asks the io loop to run :meth:`resend_while_pending` (for a SIGINT
     from outside, in signal mode, which the io loop did not send)."""
     _main_thread: int = attrs.field(init=False, factory=threading.get_ident)
+    _tick: _CpuTick | None = attrs.field(init=False, default=None)
     _previous_handlers: dict[int, object] = attrs.field(init=False, factory=dict)
     not_in: tuple[str, ...] = attrs.field(init=False, default=())
     """Folders of code a KeyboardInterrupt is never raised in, set by the kernel: the
@@ -159,11 +243,13 @@ class UserCode(trio.abc.Instrument):
         # Restart interrupted system calls after a tick instead of failing them with EINTR:
         # C libraries that do not retry EINTR must not see errors because of the kernel.
         signal.siginterrupt(signal.SIGVTALRM, False)
+        self._tick = _CpuTick(_GIL_YIELD_INTERVAL)
         trio.lowlevel.add_instrument(self)
 
     def uninstall(self) -> None:
         """Give the signals back."""
-        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        if self._tick is not None:
+            self._tick.close()
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous_handlers.clear()
@@ -185,15 +271,16 @@ class UserCode(trio.abc.Instrument):
         with trio.CancelScope() as scope:
             run = Run(scope, trio.lowlevel.current_task(), timeout)
             self._running.append(run)
-            if len(self._running) == 1:
-                signal.setitimer(signal.ITIMER_VIRTUAL, _GIL_YIELD_INTERVAL, _GIL_YIELD_INTERVAL)
+            if len(self._running) == 1 and self._tick is not None:
+                self._tick.start()
             try:
                 yield run
             finally:
                 run.active = False
                 self._running.remove(run)
                 if not self._running:
-                    signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+                    if self._tick is not None:
+                        self._tick.stop()
                     if signal.getsignal(signal.SIGINT) != self._on_sigint:
                         # A SIGINT handler user code put in is its own while its request
                         # runs; after, interrupts are the kernel's again. (pdb leaves its

@@ -286,6 +286,26 @@ def test_an_interrupted_cells_traceback_is_there_before_its_reply(kernel: Kernel
             kernel.until_idle(cell)
 
 
+def test_a_c_call_sleeping_in_a_cell_is_not_woken_by_the_kernel(kernel: Kernel) -> None:
+    # The kernel's CPU tick counted every thread's CPU time, so the io thread sending a
+    # thread's output fired it into the cell's C sleep(), which returned early (C code that
+    # does not retry after a signal). It counts the main thread's time only.
+    _, msgs = kernel.execute(
+        "import ctypes, sys, threading, time\n"
+        "stop = threading.Event()\n"
+        "def chatter():\n"
+        "    while not stop.wait(0.001):\n"
+        "        print('.' * 200, file=sys.stderr)\n"
+        "threading.Thread(target=chatter).start()\n"
+        "start = time.monotonic()\n"
+        "ctypes.CDLL(None).usleep(1_000_000)\n"
+        "took = time.monotonic() - start\n"
+        "stop.set()\n"
+        "print('woken early' if took < 0.99 else 'slept in full', round(took, 3))"
+    )
+    assert "slept in full" in stream_text(msgs)
+
+
 def test_kernel_exits_when_its_launcher_is_killed() -> None:
     """A console or server killed with SIGKILL sends no shutdown; the kernel sees its launcher
     (JPY_PARENT_PID, as jupyter_client sets it) exit and shuts down in order, a running cell
