@@ -28,7 +28,6 @@ wrapper kernel subclasses :class:`Kernel` and overrides them.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import contextvars
 import faulthandler
@@ -460,11 +459,6 @@ class Kernel:
         # ~35 ms; 1 ms costs a busy cell nothing measurable, because switches only happen
         # while the io thread has work.
         sys.setswitchinterval(0.001)
-        # Registered before any cell runs, so that it runs after the handlers user code
-        # registers (atexit runs the last registered first): multiprocessing's handler stops
-        # its pools' workers itself. Signalled before it, a worker that held a pool's lock
-        # left that handler waiting for ever, and the kernel never exited.
-        atexit.register(_end_child_processes)
         # sys.excepthook too: a cell runs with IPython's (see ZMQInteractiveShell.run_code), and
         # an error that ends the kernel while a cell is unfinished must be printed by Python's.
         # IPython 8's prints an exception group as the bare line "NoneType: None".
@@ -561,6 +555,7 @@ class Kernel:
                 nursery.cancel_scope.cancel()
         finally:
             self._fd_captures.restore()
+            _end_child_processes()
             self._user.uninstall()
             shell = getattr(self, "shell", None)
             if shell is not None:
@@ -1489,6 +1484,16 @@ def _end_child_processes() -> None:
     """
     if os.getpgrp() != os.getpid():
         return
+    # multiprocessing's exit handler first, which stops open pools' workers itself: signalled
+    # while one held its pool's lock, the pool's handler (at exit) waited for it for ever, and
+    # the kernel never exited. (Not at exit instead: Python joins a cell's threads before
+    # that, and one waiting on a subprocess would wait for ever too.)
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        try:
+            util._exit_function()
+        except Exception:
+            log.exception("shutdown: multiprocessing's exit handler failed")
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         os.killpg(os.getpgrp(), signal.SIGTERM)

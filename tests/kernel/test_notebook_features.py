@@ -349,11 +349,19 @@ def test_a_cell_alternating_stdout_and_stderr_sends_few_messages(kernel: Kernel)
         assert stream_text(msgs, name) == expected  # all of it, in order
 
 
-def test_a_pool_left_open_does_not_hold_the_kernels_exit(fresh_kernel: Kernel) -> None:
-    # The kernel ends what its cells started with a SIGTERM to its process group; sent before
-    # the pool's own atexit handler ran, it could end a worker holding the pool's lock, and
-    # that handler then waited for ever. (The exit itself is checked by wait_exit: status 0.)
-    ok(fresh_kernel, "import multiprocessing\npool = multiprocessing.Pool(2)\npool.map(abs, [-1])")
+def test_a_pool_or_a_thread_left_running_does_not_hold_the_kernels_exit(
+    fresh_kernel: Kernel,
+) -> None:
+    # The kernel ends what its cells started with a SIGTERM to its process group. Sent before
+    # multiprocessing's exit handler ran, it could end a worker holding the pool's lock, and
+    # that handler then waited for ever; sent only at exit, after Python joins the cells'
+    # threads, a thread waiting on a subprocess waited for ever. (wait_exit: status 0.)
+    ok(
+        fresh_kernel,
+        "import multiprocessing, subprocess, threading\n"
+        "pool = multiprocessing.Pool(2)\npool.map(abs, [-1])\n"
+        "threading.Thread(target=subprocess.run, args=(['sleep', '1000'],)).start()",
+    )
     reply = fresh_kernel.reply(fresh_kernel.control("shutdown_request"), "control")
     assert reply["content"]["status"] == "ok"
     fresh_kernel.wait_exit()
