@@ -30,6 +30,7 @@ import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import inspect
 import logging
 import os
 import sqlite3
@@ -927,12 +928,49 @@ def kernel_pdb() -> type:
             # IPython 9 prints "[... skipped 1 ignored module(s)]" whenever a skipped module's
             # function is called while stepping, even where it would not stop: each print()
             # under `next` gave a dozen such lines. Never stopping there needs no line.
-            if self.is_skipped_module(frame.f_globals.get("__name__", "")):
+            if (
+                self.skip and self.is_skipped_module(frame.f_globals.get("__name__", ""))
+            ) or _in_output_path(frame):
                 return False
             stop: bool = super().stop_here(frame)
             return stop
 
     return KernelPdb
+
+
+@functools.cache
+def _output_entry_codes() -> frozenset[CodeType]:
+    from .channels import IOPubQueue
+    from .streams import OutStream
+
+    entries = (
+        OutStream.write,
+        OutStream.writelines,
+        OutStream.flush,
+        IOPubQueue.publish,
+        IOPubQueue.write,
+        IOPubQueue.flush,
+    )
+    return frozenset(inspect.unwrap(entry).__code__ for entry in entries)
+
+
+def _in_output_path(frame: FrameType | None, depth: int = 16) -> bool:
+    """Whether ``frame`` runs for the kernel's output (a print(), a display()), within
+    ``depth`` calls of where it entered the kernel.
+
+    The skipped modules do not cover that code: attrs' generated ``__init__`` and the standard
+    library it calls have modules of their own, or none. Stopped there, the debugger held the
+    output queue's lock, or trio's wake-up lock, and its own prompt could not go out: stepping
+    into a print() hung the kernel.
+    """
+    codes = _output_entry_codes()
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _make_pdb_ipythons(pdb: Any) -> None:
@@ -986,7 +1024,9 @@ class _PdbFinder(importlib.abc.MetaPathFinder):
                     loader.exec_module(module)
                 finally:
                     finder._loading_debugger = False
-                finder._patch(sys.modules["pdb"])
+                pdb = sys.modules.get("pdb")
+                if pdb is not None:  # (IPython's debugger has always imported it so far)
+                    finder._patch(pdb)
 
         spec.loader = Loader()
         return spec

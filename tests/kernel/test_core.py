@@ -361,6 +361,20 @@ def test_run_d_steps_over_a_print_and_continues(kernel: Kernel, tmp_path: Path) 
     assert "ignored module" not in shown
 
 
+def test_stepping_into_print_does_not_stop_inside_the_output_queue(kernel: Kernel) -> None:
+    # `s` on a print() line stepped into code the output path runs under a lock (attrs'
+    # generated __init__, with no module to skip): the debugger's prompt then waited behind it.
+    reply, msgs = kernel.execute_answering(
+        "import pdb\nif True:\n    pdb.set_trace()\n    print('stepped')\n    done = True",
+        "s",  # (Python 3.13 stops at set_trace()'s line first, earlier ones at the next)
+        "s",
+        "s",
+        "c",
+    )
+    assert reply["content"]["status"] == "ok"
+    assert "stepped\n" in stream_text(msgs)
+
+
 def test_two_prompts_waiting_at_once_get_their_own_answers(kernel: Kernel) -> None:
     # A thread and its cell (or a subshell's cell and the parent's) can both wait for input.
     msg_id = kernel.kc.execute(

@@ -274,8 +274,14 @@ class IOPubQueue:
         limit = self.max_pending_bytes
         return self._messages > messages or (text and 0 < limit < self._text_bytes)
 
+    def _holds_lock(self) -> bool:
+        # RLock's own check, in C: no Python call for a tracer to see.
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
     def _wait_for_room(self) -> None:
-        if threading.get_ident() == self._consumer:
+        if threading.get_ident() == self._consumer or self._holds_lock():
+            # Nor a write nested in one (a tracer's, see _lock): waiting releases the lock,
+            # at every level, in the middle of the outer change.
             return
         with self._room:
             while self._full():
