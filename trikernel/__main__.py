@@ -26,8 +26,9 @@ settings (dotted paths, see docs/settings.md):
 
 ipykernel's options are taken too: --f=FILE, --debug, --Kernel.stop_on_error_timeout and
 --IPKernelApp.log_level become the settings above; --ip, --shell, --iopub, --stdin, --control,
---hb, --transport and --Session.key describe the connection (the connection file wins); the rest
-go to IPython's shell as ipykernel passes them (--matplotlib=inline, --Class.trait=value).
+--hb, --transport and --Session.key describe the connection (the connection file wins);
+--no-stdout and --no-stderr are ignored; the rest go to IPython's shell as ipykernel passes them
+(--matplotlib=inline, --Class.trait=value).
 
 examples:
   python -m trikernel -f ~/kernel-1.json
@@ -101,6 +102,8 @@ _CONNECTION_OPTIONS = {
     "Session.key": "key",
     "Session.signature_scheme": "signature_scheme",
 }
+# ... those that only ipykernel has are ignored, with a warning ...
+_IGNORED_FLAGS = frozenset({"--no-stdout", "--no-stderr"})
 # ... and the rest are IPython's (--matplotlib=inline, --Class.trait=value), passed on to the
 # shell as ipykernel's application takes them (trikernel.shell.ipython_config).
 
@@ -142,12 +145,23 @@ def split_options(extra: Sequence[str]) -> CommandLine:
     known = setting_paths()
     groups = {path.partition(".")[0] for path in known if "." in path}
     line = CommandLine({}, {}, [])
-    for arg in extra:
+    args = list(extra)
+    while args:
+        arg = args.pop(0)
         key, equals, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if (
+            not equals
+            and (key in _IPYKERNEL_SETTINGS or key in _CONNECTION_OPTIONS)
+            and args
+            and not args[0].startswith("-")
+        ):
+            equals, value = "=", args.pop(0)  # ipykernel's options also take `--ip 127.0.0.1`
         path = key.replace("-", "_")
         ours = path in known or ("." in path and path.partition(".")[0] in groups)
         if arg == "--debug":
             line.settings["log_level"] = "DEBUG"
+        elif arg in _IGNORED_FLAGS:
+            logging.getLogger("trikernel").warning("%s is ipykernel's; ignored", arg)
         elif equals and key in _IPYKERNEL_SETTINGS:
             setting = _IPYKERNEL_SETTINGS[key]
             line.settings[setting] = _level_name(value) if setting == "log_level" else value

@@ -44,11 +44,12 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+import warnings
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn, TextIO, TypeVar
 
 import attrs
 import outcome
@@ -112,7 +113,9 @@ def request_or_origin() -> Message | None:
 def parent_to_watch(environ: Mapping[str, str] = os.environ) -> int | None:
     """The process whose exit ends the kernel: ``JPY_PARENT_PID``, which jupyter_client sets
     to the launching process (a server, a console, papermill); None when it is unset, not a
-    pid, or 1 (init, which never exits)."""
+    pid, 1 (init, which never exits), or not the kernel's parent or an ancestor of it (a
+    value inherited from elsewhere, or a pid of another namespace, as in a container: watched,
+    it would end the kernel at once, or with an unrelated process)."""
     value = environ.get("JPY_PARENT_PID", "")
     try:
         pid = int(value)
@@ -120,7 +123,26 @@ def parent_to_watch(environ: Mapping[str, str] = os.environ) -> int | None:
         if value:
             log.warning("JPY_PARENT_PID=%r is not a process id; no parent is watched", value)
         return None
-    return pid if pid > 1 else None
+    if pid <= 1:
+        return None
+    if pid not in _ancestors():
+        log.warning("JPY_PARENT_PID=%d is not an ancestor of the kernel; not watched", pid)
+        return None
+    return pid
+
+
+def _ancestors(limit: int = 64) -> list[int]:
+    """The kernel's parent, its parent and so on (Linux's /proc); elsewhere the parent only."""
+    found: list[int] = []
+    pid = os.getppid()
+    while pid > 1 and len(found) < limit:
+        found.append(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rpartition(")")[2].split()[1])  # "pid (name) state ppid ..."
+    return found
 
 
 async def wait_process_exit(pid: int, poll_every: float = 1.0) -> None:
@@ -667,15 +689,19 @@ class Kernel:
         (see :meth:`_iopub_sent`)."""
         return self._may_bypass() and self._iopub.idle()
 
-    async def _iopub_sent(self) -> None:
-        """IO loop, before shell replies go out: send what iopub holds first.
+    async def _iopub_sent(self, batch: Sequence[Message | SentMarker]) -> None:
+        """IO loop, before shell replies go out: send what iopub holds first, if an
+        execute_reply is among them.
 
-        A reply is the last word on its request: a frontend that has it reads only the
+        An execute_reply is the last word on its cell: a frontend that has it reads only the
         output already there (jupyter console prints the rest after its next prompt). An
         interrupted cell's traceback, published just before its reply, came after it 12 times
-        in 20 (ipykernel: 0).
+        in 20 (ipykernel: 0). Other replies do not wait for iopub (a kernel_info_reply on
+        shell must not wait for a slow subscriber's backlog).
         """
-        if not self._iopub.idle():
+        if not self._iopub.idle() and any(
+            isinstance(item, Message) and item.msg_type == "execute_reply" for item in batch
+        ):
             await self._iopub.wait_sent()
 
     def _write_connection_file(self) -> None:
@@ -1460,19 +1486,29 @@ def _startup_messages_in_log() -> Iterator[None]:
     logger, which outside an IPython application has no handler ("Failed to open SQLite
     history ... moved to history-corrupt.sqlite" was lost).
     """
-    handlers = logging.getLogger("trikernel").handlers
-    warnings_log = logging.getLogger("py.warnings")
-    for name in ("traitlets", "py.warnings"):
-        for handler in handlers:
-            logging.getLogger(name).addHandler(handler)
-    logging.captureWarnings(True)
+    for handler in logging.getLogger("trikernel").handlers:
+        logging.getLogger("traitlets").addHandler(handler)
+
+    def to_log(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        log.warning("%s", text.rstrip())
+
+    shown_before = warnings.showwarning
+    warnings.showwarning = to_log
     try:
         yield
     finally:
-        # After startup a warning goes to the cell that caused it, as in ipykernel.
-        logging.captureWarnings(False)
-        for handler in handlers:
-            warnings_log.removeHandler(handler)
+        # After startup a warning goes to the cell that caused it, as in ipykernel (unless
+        # the profile's startup code put in a handler of its own: that one stays).
+        if warnings.showwarning is to_log:
+            warnings.showwarning = shown_before
 
 
 def _end_child_processes() -> None:

@@ -7,6 +7,7 @@ import os
 import queue
 import random
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import pytest
 import zmq
+from jupyter_client import BlockingKernelClient
 
+from tests.conftest import TEST_KERNEL
 from tests.kernel.conftest import TIMEOUT, Kernel, outputs, start_kernel, stop_kernel, stream_text
 
 Interrupt = Callable[[Kernel], None]
@@ -306,28 +309,58 @@ def test_a_c_call_sleeping_in_a_cell_is_not_woken_by_the_kernel(kernel: Kernel) 
     assert "slept in full" in stream_text(msgs)
 
 
-def test_kernel_exits_when_its_launcher_is_killed() -> None:
+_LAUNCHER = """
+import sys, time
+from jupyter_client import KernelManager
+km = KernelManager(kernel_name=sys.argv[1])
+km.start_kernel()
+print(km.provisioner.process.pid, km.connection_file, flush=True)
+time.sleep(600)
+"""
+
+
+def test_kernel_exits_when_its_launcher_is_killed(tmp_path: Path) -> None:
     """A console or server killed with SIGKILL sends no shutdown; the kernel sees its launcher
-    (JPY_PARENT_PID, as jupyter_client sets it) exit and shuts down in order, a running cell
+    (JPY_PARENT_PID, which jupyter_client sets) exit and shuts down in order, a running cell
     interrupted, instead of living on unreachable."""
-    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    try:
-        # independent: jupyter_client would set JPY_PARENT_PID to this test's pid.
-        k = start_kernel(
-            {"independent": True, "env": {**os.environ, "JPY_PARENT_PID": str(launcher.pid)}}
+    log = tmp_path / "launcher.log"
+    with log.open("w") as stderr:
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, TEST_KERNEL],
+            stdout=subprocess.PIPE,
+            stderr=stderr,  # the kernel's too: jupyter_client hands it on
+            text=True,
         )
-    except BaseException:
-        launcher.kill()
-        raise
     try:
-        cell = _blocked_cell(k)
+        assert launcher.stdout is not None
+        pid_text, connection_file = launcher.stdout.readline().split()
+        kernel_pid = int(pid_text)
+        kc = BlockingKernelClient(connection_file=connection_file)
+        kc.load_connection_file()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=TIMEOUT)
+            cell = kc.execute(BLOCKED_CELL)
+            while kc.get_iopub_msg(timeout=TIMEOUT)["msg_type"] != "stream":
+                pass
+            launcher.kill()
+            launcher.wait()
+            reply = kc.get_shell_msg(timeout=TIMEOUT)
+            assert reply["parent_header"]["msg_id"] == cell
+            assert reply["content"]["ename"] == "KeyboardInterrupt"
+        finally:
+            kc.stop_channels()
+        gone = os.pidfd_open(kernel_pid)
+        try:  # the kernel is not this process's child: wait on a pidfd for its exit
+            assert select.select([gone], [], [], TIMEOUT)[0], "the kernel is still running"
+        finally:
+            os.close(gone)
+        assert "the parent process" in log.read_text()
+    finally:
         launcher.kill()
         launcher.wait()
-        assert k.reply(cell)["content"]["ename"] == "KeyboardInterrupt"
-        k.wait_exit()
-        assert f"the parent process {launcher.pid} exited" in k.log.read_text()
-    finally:
-        stop_kernel(k)
+        assert launcher.stdout is not None
+        launcher.stdout.close()
 
 
 # A signal sent to the process goes to any thread that does not block it, and CPython runs its

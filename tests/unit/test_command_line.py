@@ -62,6 +62,15 @@ def test_vs_code_connection_options_are_unquoted() -> None:
     assert line.ipython == []
 
 
+def test_ipykernels_options_also_take_their_value_as_the_next_argument() -> None:
+    line = split_options(
+        ["--ip", "127.0.0.1", "--shell", "9004", "--IPKernelApp.log_level", "10", "--no-stdout"]
+    )
+    assert line.connection == {"ip": "127.0.0.1", "shell_port": 9004}
+    assert line.settings == {"log_level": "DEBUG"}
+    assert line.ipython == []  # --no-stdout: ipykernel's only, ignored with a warning
+
+
 def test_the_rest_goes_to_ipython_in_order() -> None:
     args = ["--HistoryManager.hist_file=:memory:", "--matplotlib", "inline", "--pdb"]
     assert split_options(args).ipython == args

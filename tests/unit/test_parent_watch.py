@@ -14,18 +14,26 @@ import trio.testing
 from trikernel.kernel import parent_to_watch, wait_process_exit
 
 
+def test_the_launcher_is_watched_when_it_is_an_ancestor() -> None:
+    assert parent_to_watch({"JPY_PARENT_PID": str(os.getppid())}) == os.getppid()
+
+
 @pytest.mark.parametrize(
-    ("environ", "expected"),
+    "environ",
     [
-        ({"JPY_PARENT_PID": "4242"}, 4242),
-        ({}, None),
-        ({"JPY_PARENT_PID": ""}, None),
-        ({"JPY_PARENT_PID": "1"}, None),  # init never exits
-        ({"JPY_PARENT_PID": "notanumber"}, None),  # ipykernel fails to start on this one
+        {},
+        {"JPY_PARENT_PID": ""},
+        {"JPY_PARENT_PID": "1"},  # init never exits
+        {"JPY_PARENT_PID": "notanumber"},  # ipykernel fails to start on this one
+        # Not an ancestor: inherited from elsewhere, or another namespace's pid (a container):
+        # watched, its absence would end the kernel at once.
+        {"JPY_PARENT_PID": str(os.getpid())},
     ],
 )
-def test_parent_to_watch(environ: dict[str, str], expected: int | None) -> None:
-    assert parent_to_watch(environ) == expected
+def test_nothing_is_watched_without_a_launcher_among_the_ancestors(
+    environ: dict[str, str],
+) -> None:
+    assert parent_to_watch(environ) is None
 
 
 @pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "polling"])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
 
 import attrs
@@ -51,7 +51,7 @@ async def serve_router(
     outbox: Outbox,
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
-    before_send: Callable[[], Awaitable[None]] | None = None,
+    before_send: Callable[[Sequence[Message | SentMarker]], Awaitable[None]] | None = None,
     on_unroutable: Callable[[Message], None] | None = None,
     stall_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -61,7 +61,7 @@ async def serve_router(
 
     ``ready``, if given, is awaited before each receive: while it waits, requests stay in
     ZeroMQ's queue (and then the client's), which bounds what a flood costs the kernel.
-    ``before_send``, if given, is awaited before each batch of the outbox is sent.
+    ``before_send``, if given, is awaited with each batch of the outbox before it is sent.
     ``on_unroutable``, if given, is called with each message whose client is not connected.
     ``stall_timeout``: seconds a reply waits for a client whose queue is full (see the module's
     invariants).
@@ -139,12 +139,12 @@ async def _send_outbox(
     replier: _Replier,
     session: Session,
     outbox: Outbox,
-    before_send: Callable[[], Awaitable[None]] | None,
+    before_send: Callable[[Sequence[Message | SentMarker]], Awaitable[None]] | None,
 ) -> None:
     while True:
         batch = await outbox.get_batch()
         if before_send is not None:
-            await before_send()
+            await before_send(batch)
         for item in batch:
             frames = frames_to_send(session, item, replier.channel)
             if frames is not None:
@@ -259,7 +259,7 @@ async def serve_shell(
     on_message: Callable[[Message], None],
     outbox: Outbox,
     *,
-    before_send: Callable[[], Awaitable[None]] | None = None,
+    before_send: Callable[[Sequence[Message | SentMarker]], Awaitable[None]] | None = None,
     stall_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
