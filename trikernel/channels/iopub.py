@@ -98,7 +98,8 @@ class IOPubQueue:
     # own made under the lock too, and a debugger's tracer prints ("[... skipped 1 ignored
     # module(s)]"), which comes back here in the same thread; a plain lock hung the kernel
     # there. Every call made under the lock comes where the queue's state is whole, so the
-    # nested write queues its text (before the outer one's, if that was not queued yet).
+    # nested write queues its text (before the outer one's, if that was not queued yet), and
+    # it never waits for room (see _wait_for_room).
     _lock: threading.RLock = attrs.field(init=False, factory=threading.RLock)
     _room: threading.Condition = attrs.field(init=False)
     _consumer: int = attrs.field(init=False, factory=threading.get_ident)
