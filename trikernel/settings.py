@@ -132,8 +132,8 @@ class KernelSettings:
     ipython_args: tuple[str, ...] = attrs.field(default=(), metadata={"dotted": False})
     """Command-line options for IPython's shell, as ipykernel takes them (``--matplotlib=inline``,
     ``--HistoryManager.hist_file=:memory:``, ``--InteractiveShell.xmode=Plain``): applied on top of
-    the profile's config files. Not a dotted setting: the kernel's command line passes them on
-    (``trikernel.__main__``), and a kernelspec writes them as they are."""
+    the profile's config files. Not a dotted setting: they come from the kernel's command line
+    (``trikernel.__main__``), where a kernelspec's argv can hold them."""
 
     @log_level.validator
     def _check_level(self, _attribute: attrs.Attribute[str], value: str) -> None:
