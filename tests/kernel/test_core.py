@@ -348,9 +348,12 @@ def test_stepping_in_pdb_never_stops_in_the_kernels_code(kernel: Kernel) -> None
     assert "_on_cpu_tick" not in shown
 
 
-def test_run_d_steps_over_a_print_and_continues(kernel: Kernel, tmp_path: Path) -> None:
+def test_run_d_steps_over_a_print_and_continues(fresh_kernel: Kernel, tmp_path: Path) -> None:
     # The debugger's tracer runs at every call, the output queue's own included, and IPython's
     # prints a line from there: the kernel hung in that print (`%run -d`, then n, c).
+    # (A kernel of its own: IPython keeps the breakpoint %run -d sets in bdb's class-level
+    # list, so a later pdb session's `continue` leaves its tracer on.)
+    kernel = fresh_kernel
     script = tmp_path / "script.py"
     script.write_text("import sys\nprint('script ran', __name__)\nsys.stdout.flush()\n")
     reply, msgs = kernel.execute_answering(f"%run -d {script}", "n", "n", "c")
