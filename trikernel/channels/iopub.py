@@ -7,7 +7,8 @@ Invariants:
   ``stream`` message when anything else is published.
 - Text is batched: consecutive writes to the same stream for the same request become one
   ``stream`` message (and, once waiting text switched streams a few times, writes that
-  alternate stdout and stderr become one message for each), sent when anything else is published, when ``flush()`` is called, when
+  alternate stdout and stderr become one message for each), sent when anything else is
+  published, when ``flush()`` is called, when
   ``max_batch_bytes`` are waiting, or ``flush_interval`` after the first unsent write (two
   intervals if the text stops mid-line, so a printed line is rarely cut in two). A message
   carries at most 1 MiB of text; longer text goes out in pieces.
