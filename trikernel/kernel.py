@@ -576,6 +576,10 @@ class Kernel:
                     log.warning("shutdown: the io loop had not finished after 2 s; stopping it")
                 nursery.cancel_scope.cancel()
         finally:
+            # A debugger's tracer stays on after `continue` while a breakpoint is set anywhere
+            # (bdb's list is global): it must not run while Python tears the modules down, where
+            # it failed in every weakref callback ("'NoneType' object has no attribute ...").
+            sys.settrace(None)
             self._fd_captures.restore()
             _end_child_processes()
             self._user.uninstall()

@@ -24,6 +24,7 @@ kernel in seven places:
 
 from __future__ import annotations
 
+import bdb
 import contextlib
 import copy
 import functools
@@ -925,12 +926,16 @@ def kernel_pdb() -> type:
             return super().set_trace(frame or sys._getframe().f_back, **kwargs)
 
         def stop_here(self, frame: FrameType) -> bool:
-            # IPython 9 prints "[... skipped 1 ignored module(s)]" whenever a skipped module's
-            # function is called while stepping, even where it would not stop: each print()
-            # under `next` gave a dozen such lines. Never stopping there needs no line.
-            if (
-                self.skip and self.is_skipped_module(frame.f_globals.get("__name__", ""))
-            ) or _in_output_path(frame):
+            # bdb's own rule first (it also skips the skipped modules). IPython's checks can
+            # only add reasons not to stop, but they have side effects where bdb would not
+            # stop anyway: IPython 9 prints "[... skipped 1 ignored module(s)]" at every call
+            # into a skipped module (a dozen lines per print() under `next`), and it caches
+            # every frame it looks at (IPython 9 until its next stop, up to 1,024; IPython 8
+            # for the process's life). A breakpoint left in bdb's class-level list (`%run -d`
+            # leaves one) keeps the tracer on after `continue`, so every call a later cell
+            # made was cached, with its locals: objects the cell dropped were not freed and
+            # their finalizers did not run.
+            if not bdb.Bdb.stop_here(self, frame) or _in_output_path(frame):
                 return False
             stop: bool = super().stop_here(frame)
             return stop

@@ -352,7 +352,7 @@ def test_run_d_steps_over_a_print_and_continues(fresh_kernel: Kernel, tmp_path: 
     # The debugger's tracer runs at every call, the output queue's own included, and IPython's
     # prints a line from there: the kernel hung in that print (`%run -d`, then n, c).
     # (A kernel of its own: IPython keeps the breakpoint %run -d sets in bdb's class-level
-    # list, so a later pdb session's `continue` leaves its tracer on.)
+    # list, so a later pdb session's `continue` leaves its tracer on; the next test.)
     kernel = fresh_kernel
     script = tmp_path / "script.py"
     script.write_text("import sys\nprint('script ran', __name__)\nsys.stdout.flush()\n")
@@ -362,6 +362,36 @@ def test_run_d_steps_over_a_print_and_continues(fresh_kernel: Kernel, tmp_path: 
     assert "script ran __main__\n" in shown
     # Calls into the kernel's modules while stepping are skipped without a word.
     assert "ignored module" not in shown
+
+
+def test_a_tracer_left_on_by_a_breakpoint_keeps_no_object_alive(
+    fresh_kernel: Kernel, tmp_path: Path
+) -> None:
+    # `%run -d` leaves its breakpoint in bdb's global list, so a later pdb session's `continue`
+    # leaves the tracer on (in ipykernel too). IPython's debugger cached every frame the
+    # tracer saw, with its locals: an object a cell dropped stayed alive and its finalizer did
+    # not run. At exit the tracer then failed in every weakref callback Python ran.
+    kernel = fresh_kernel
+    script = tmp_path / "script.py"
+    script.write_text("x = 1\n")
+    reply, _ = kernel.execute_answering(f"%run -d {script}", "c")
+    assert reply["content"]["status"] == "ok"
+    reply, _ = kernel.execute_answering("import pdb\npdb.set_trace()\ny = 2", "c")
+    assert reply["content"]["status"] == "ok"
+    reply, msgs = kernel.execute(
+        "import sys, weakref\n"
+        "class Node: pass\n"
+        "node = Node()\n"
+        "freed = []\n"
+        "weakref.finalize(node, freed.append, 'node')\n"
+        "del node\n"
+        "print(sys.gettrace() is not None, freed)"
+    )
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert stream_text(msgs) == "True ['node']\n"  # traced, and freed all the same
+    kernel.shell_send("shutdown_request", {"restart": False})
+    kernel.wait_exit()
+    assert "Exception ignored" not in kernel.log.read_text(errors="replace")
 
 
 def test_stepping_into_print_does_not_stop_inside_the_output_queue(kernel: Kernel) -> None:
