@@ -118,6 +118,8 @@ class CommandLine:
     """:class:`~trikernel.protocol.ConnectionInfo` fields given as ipykernel's options."""
     ipython: list[str]
     """Everything else, for IPython's command-line parser."""
+    ignored: list[str] = attrs.field(factory=list)
+    """ipykernel's options that mean nothing here (logged once the kernel's log is set up)."""
 
 
 def _unquote(value: str) -> str:
@@ -161,7 +163,7 @@ def split_options(extra: Sequence[str]) -> CommandLine:
         if arg == "--debug":
             line.settings["log_level"] = "DEBUG"
         elif arg in _IGNORED_FLAGS:
-            logging.getLogger("trikernel").warning("%s is ipykernel's; ignored", arg)
+            line.ignored.append(arg)
         elif equals and key in _IPYKERNEL_SETTINGS:
             setting = _IPYKERNEL_SETTINGS[key]
             line.settings[setting] = _level_name(value) if setting == "log_level" else value
@@ -268,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("trikernel")
     logger.addHandler(handler)
     logger.setLevel(settings.log_level)
+    for option in line.ignored:
+        logger.warning("%s is ipykernel's; ignored", option)
     if settings.tune_malloc:
         _tune_malloc()
 

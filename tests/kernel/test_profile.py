@@ -186,6 +186,7 @@ def test_ipykernels_command_line_options_as_jupyter_tools_add_them() -> None:
                 '--transport="tcp"',
                 '--Session.key=b"not-the-files-key"',
                 "--debug",
+                "--no-stdout",
             ]
         }
     )
@@ -205,6 +206,10 @@ def test_ipykernels_command_line_options_as_jupyter_tools_add_them() -> None:
         assert "key (not shown) differs from the connection file's" in log
         assert "not-the-files-key" not in log
         assert "DEBUG" in log  # --debug
+        # In the kernel's log format, as every other line of it.
+        assert re.search(
+            r"^\[trikernel WARNING [^]]+\] --no-stdout is ipykernel's; ignored$", log, re.M
+        )
     finally:
         stop_kernel(k)
 

@@ -68,7 +68,8 @@ def test_ipykernels_options_also_take_their_value_as_the_next_argument() -> None
     )
     assert line.connection == {"ip": "127.0.0.1", "shell_port": 9004}
     assert line.settings == {"log_level": "DEBUG"}
-    assert line.ipython == []  # --no-stdout: ipykernel's only, ignored with a warning
+    assert line.ipython == []
+    assert line.ignored == ["--no-stdout"]  # ipykernel's only: logged, then ignored
 
 
 def test_the_rest_goes_to_ipython_in_order() -> None:
